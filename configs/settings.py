@@ -1,0 +1,205 @@
+"""The typed settings tree: every knob slipway has, with its default and its meaning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSettings(Section):
+    name: str = Field("slipway", description="Project name, used in log and report titles.")
+    home: Path = Field(
+        Path(".slipway"),
+        description="Folder for all embedded state: MLflow SQLite and artifacts, Prefect home, "
+        "BentoML home, reports, logs. Relative paths are resolved against the working directory.",
+    )
+
+
+class DataSettings(Section):
+    """Where training data comes from: exactly one of path, query or loader."""
+
+    kind: Literal["file", "sql", "python"] = Field(
+        "python", description="file: Parquet/CSV at `path`; sql: `query` on `url`; python: `loader`."
+    )
+    path: Path | None = Field(None, description="Parquet or CSV file (kind=file).")
+    url: str | None = Field(None, description="SQLAlchemy URL (kind=sql). Put passwords in the environment.")
+    query: str | None = Field(None, description="SQL query returning one row per example (kind=sql).")
+    loader: str | None = Field(
+        None, description="`module:function` returning a pandas DataFrame (kind=python)."
+    )
+    target: str = Field(..., description="Name of the label column.")
+    test_size: float = Field(0.25, gt=0, lt=1, description="Holdout share for evaluation and gates.")
+    random_state: int = Field(42, description="Seed for the split, so a release is reproducible.")
+    reference_rows: int = Field(
+        2000, gt=0, description="Rows of training inputs kept as the monitoring reference sample."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSettings:
+        needed = {"file": ("path",), "sql": ("url", "query"), "python": ("loader",)}[self.kind]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"data.kind={self.kind!r} needs {', '.join('data.' + m for m in missing)}")
+        return self
+
+
+class ModelSettings(Section):
+    name: str = Field(..., description="Registered model name in MLflow.")
+    task: Literal["classification", "regression"] = Field(..., description="What the model predicts.")
+    entrypoint: str = Field(
+        ...,
+        description="`module:function(params: dict) -> estimator` building an unfitted scikit-learn "
+        "compatible estimator (a Pipeline, XGBoost or LightGBM model).",
+    )
+    params: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Hyper-parameters passed to the entrypoint and logged to MLflow."
+    )
+    expectations: str = Field(
+        ..., description="Great Expectations suite file name under configs/expectations/ (or a path)."
+    )
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _module_function(cls, value: str) -> str:
+        if value.count(":") != 1 or not all(value.split(":")):
+            raise ValueError("must look like 'package.module:function'")
+        return value
+
+
+class MlflowSettings(Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI. Default: a SQLite file under project.home."
+    )
+    registry_uri: str | None = Field(None, description="Model registry URI. Default: the tracking URI.")
+    experiment: str = Field("slipway", description="Experiment that training and release runs go to.")
+
+
+class ConvertSettings(Section):
+    opset: int = Field(
+        17, ge=13, le=22, description="ONNX opset (onnxruntime 1.31 supports up to 22; 28 is refused)."
+    )
+    ml_opset: int = Field(3, ge=1, le=5, description="ai.onnx.ml opset for the tree and encoder operators.")
+
+
+class OptimizeSettings(Section):
+    quantize: Literal["auto", "never", "always"] = Field(
+        "auto",
+        description="Dynamic int8 quantization: auto tries it on graphs with MatMul/Gemm (neural models) "
+        "and keeps it only if it passes parity and is faster; never skips it.",
+    )
+    benchmark_rows: int = Field(500, gt=0, description="Single-row calls timed per candidate.")
+    batch_rows: int = Field(100, gt=0, description="Rows per batch call in the throughput timing.")
+    intra_op_threads: int = Field(1, ge=0, description="ORT intra-op threads (1 is stable on small machines).")
+
+
+class ParityGate(Section):
+    max_abs_diff_fp32: float = Field(1e-4, gt=0, description="Max |onnx - native| of probabilities/values.")
+    max_abs_diff_quantized: float = Field(1e-2, gt=0, description="The same bound for int8 variants.")
+    max_label_flip_rate: float = Field(0.001, ge=0, le=1, description="Share of rows whose label changes.")
+
+
+class QualityGate(Section):
+    metric: str = Field(
+        "auto", description="roc_auc, accuracy, f1 (classification), rmse, mae, r2 (regression); auto picks."
+    )
+    min_improvement: float = Field(
+        0.0, description="The candidate must beat the champion by at least this much (negative allows a drop)."
+    )
+    min_value: float | None = Field(None, description="Absolute floor for the metric, champion or not.")
+
+
+class LatencyGate(Section):
+    p99_ms: float = Field(5.0, gt=0, description="Budget for in-process single-row p99 latency of the ONNX model.")
+    samples: int = Field(300, gt=10, description="Single-row calls timed for the gate.")
+
+
+class DataGate(Section):
+    enabled: bool = Field(True, description="Run the Great Expectations suite on the holdout data.")
+
+
+class GateSettings(Section):
+    data: DataGate = DataGate()
+    parity: ParityGate = ParityGate()
+    quality: QualityGate = QualityGate()
+    latency: LatencyGate = LatencyGate()
+
+
+class PromotionSettings(Section):
+    policy: Literal["auto", "manual"] = Field(
+        "auto", description="auto: a version that passes every gate becomes champion; manual: challenger only."
+    )
+    challenger_alias: str = Field("challenger", pattern=r"^[a-zA-Z][\w-]*$")
+    champion_alias: str = Field("champion", pattern=r"^[a-zA-Z][\w-]*$")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PromotionSettings:
+        if self.challenger_alias == self.champion_alias:
+            raise ValueError("challenger_alias and champion_alias must differ")
+        return self
+
+
+class ServingSettings(Section):
+    host: str = Field("127.0.0.1", description="Bind address; keep loopback unless a proxy fronts it.")
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(0, ge=0, description="Serving worker processes; 0 means one per core.")
+    max_batch_rows: int = Field(1000, gt=0, description="Largest batch a request may carry.")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer keys; set through SLIPWAY__SERVING__API_KEYS (JSON list), never in YAML.",
+    )
+    inference_log_url: str | None = Field(
+        None, description="SQLAlchemy URL of the inference log. Default: a SQLite file under project.home."
+    )
+    deploy_on_release: bool = Field(False, description="Serve the new champion when a release promotes one.")
+
+
+class Settings(Section):
+    """The whole slipway configuration."""
+
+    project: ProjectSettings = ProjectSettings()
+    data: DataSettings
+    model: ModelSettings
+    mlflow: MlflowSettings = MlflowSettings()
+    convert: ConvertSettings = ConvertSettings()
+    optimize: OptimizeSettings = OptimizeSettings()
+    gates: GateSettings = GateSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    serving: ServingSettings = ServingSettings()
+
+    # Derived locations. Properties, not fields, so that one `project.home` moves all of them.
+    @property
+    def home(self) -> Path:
+        return self.project.home.expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow.registry_uri or self.tracking_uri
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def inference_log_url(self) -> str:
+        return self.serving.inference_log_url or f"sqlite:///{self.home / 'inference_log.db'}"

@@ -1,0 +1,33 @@
+"""The one convention for feeding slipway ONNX models: one input per feature, shape [rows, 1].
+
+Numbers (float, int, bool) go in as float32, categories as strings. Shared by the release tasks
+and the served Bento (which ships only the `serving` package), so it imports nothing of slipway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+NUMERIC_TYPES = frozenset({"float", "int", "bool"})
+
+
+def feed_dtype(dtype: str) -> Any:
+    """numpy dtype of the ONNX input for a feature type."""
+    return np.float32 if dtype in NUMERIC_TYPES else np.str_
+
+
+def feeds_from_columns(
+    features: Sequence[tuple[str, str]], columns: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds from column-wise values (a DataFrame or a dict of lists/arrays)."""
+    feeds: dict[str, np.ndarray] = {}
+    for name, dtype in features:
+        values = np.asarray(columns[name])
+        if dtype in NUMERIC_TYPES:
+            feeds[name] = values.astype(np.float32, copy=False).reshape(-1, 1)
+        else:
+            feeds[name] = values.astype(str).astype(object).reshape(-1, 1)
+    return feeds
