@@ -6,6 +6,7 @@ environment variable) and the dotted field path, before any work starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -36,6 +37,11 @@ class LoadedConfig:
     sources: tuple[str, ...]
     config_dir: Path
 
+    def settings_hash(self) -> str:
+        """Short hash of the effective config (secrets excluded), recorded as release lineage."""
+        payload = self.settings.model_dump_json(exclude={"serving": {"api_keys"}})
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
     def expectations_path(self) -> Path:
         """The Great Expectations suite file named by model.expectations."""
         name = Path(self.settings.model.expectations)
@@ -59,7 +65,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _merge(
-    into: dict[str, Any], update: Mapping[str, Any], source: str, origin: dict[tuple[str, ...], str],
+    into: dict[str, Any],
+    update: Mapping[str, Any],
+    source: str,
+    origin: dict[tuple[str, ...], str],
     prefix: tuple[str, ...] = (),
 ) -> None:
     for key, value in update.items():

@@ -32,9 +32,7 @@ class DataSettings(Section):
     path: Path | None = Field(None, description="Parquet or CSV file (kind=file).")
     url: str | None = Field(None, description="SQLAlchemy URL (kind=sql). Put passwords in the environment.")
     query: str | None = Field(None, description="SQL query returning one row per example (kind=sql).")
-    loader: str | None = Field(
-        None, description="`module:function` returning a pandas DataFrame (kind=python)."
-    )
+    loader: str | None = Field(None, description="`module:function` returning a pandas DataFrame (kind=python).")
     target: str = Field(..., description="Name of the label column.")
     test_size: float = Field(0.25, gt=0, lt=1, description="Holdout share for evaluation and gates.")
     random_state: int = Field(42, description="Seed for the split, so a release is reproducible.")
@@ -83,9 +81,7 @@ class MlflowSettings(Section):
 
 
 class ConvertSettings(Section):
-    opset: int = Field(
-        17, ge=13, le=22, description="ONNX opset (onnxruntime 1.31 supports up to 22; 28 is refused)."
-    )
+    opset: int = Field(17, ge=13, le=22, description="ONNX opset (onnxruntime 1.31 supports up to 22; 28 is refused).")
     ml_opset: int = Field(3, ge=1, le=5, description="ai.onnx.ml opset for the tree and encoder operators.")
 
 

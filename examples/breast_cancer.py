@@ -24,9 +24,7 @@ def load_data() -> pd.DataFrame:
     """Features with snake_case names, a derived `size_band` category and the `malignant` label."""
     bunch = load_breast_cancer(as_frame=True)
     frame = bunch.frame.rename(columns=lambda c: c.replace(" ", "_"))
-    frame["size_band"] = pd.cut(
-        frame["mean_area"], bins=[0, 400, 700, 1000, np.inf], labels=SIZE_BANDS
-    ).astype(str)
+    frame["size_band"] = pd.cut(frame["mean_area"], bins=[0, 400, 700, 1000, np.inf], labels=SIZE_BANDS).astype(str)
     # sklearn's target is 1 for benign; the example predicts malignancy.
     frame["malignant"] = (1 - frame.pop("target")).astype(int)
     return frame

@@ -19,9 +19,7 @@ def feed_dtype(dtype: str) -> Any:
     return np.float32 if dtype in NUMERIC_TYPES else np.str_
 
 
-def feeds_from_columns(
-    features: Sequence[tuple[str, str]], columns: Mapping[str, Any]
-) -> dict[str, np.ndarray]:
+def feeds_from_columns(features: Sequence[tuple[str, str]], columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """ONNX Runtime feeds from column-wise values (a DataFrame or a dict of lists/arrays)."""
     feeds: dict[str, np.ndarray] = {}
     for name, dtype in features:

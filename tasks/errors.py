@@ -44,8 +44,7 @@ class GateFailed(SlipwayError):
         lines = [c.line() for c in report.failed]
         where = f" (report: {report_path})" if report_path else ""
         super().__init__(
-            f"{report.model_name} v{report.version} rejected by {len(lines)} gate(s){where}:\n  "
-            + "\n  ".join(lines)
+            f"{report.model_name} v{report.version} rejected by {len(lines)} gate(s){where}:\n  " + "\n  ".join(lines)
         )
 
 

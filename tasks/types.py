@@ -146,8 +146,10 @@ class Check(Result):
         status = "PASS" if self.passed else "FAIL"
         nums = ", ".join(f"{k}={_fmt(v)}" for k, v in self.measured.items())
         lims = ", ".join(f"{k}={_fmt(v)}" for k, v in self.limits.items())
-        return f"[{status}] {self.name}: {nums}" + (f" (limits: {lims})" if lims else "") + (
-            f" - {self.detail}" if self.detail else ""
+        return (
+            f"[{status}] {self.name}: {nums}"
+            + (f" (limits: {lims})" if lims else "")
+            + (f" - {self.detail}" if self.detail else "")
         )
 
 

@@ -1,0 +1,86 @@
+"""The config tree: every shipped config loads; a bad one fails before work, naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from configs import ConfigError, config_schema, load_config
+from configs.loader import CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
+OVERLAYS = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_shipped_env_loads(env: str) -> None:
+    loaded = load_config(env=env, environ={})
+    assert loaded.settings.model.name
+    assert loaded.expectations_path().exists(), "the configured expectation suite must ship with the config"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_every_shipped_example_overlay_loads(overlay: Path) -> None:
+    loaded = load_config(overlay=overlay, environ={})
+    assert loaded.expectations_path().exists()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
+    # Given an overlay with a misspelt gate key, when loading, then the error names the file and the dotted path.
+    bad = _write(tmp_path, "gates:\n  parity:\n    max_abs_dif: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(overlay=bad, environ={})
+    assert f"{bad}: gates.parity.max_abs_dif: extra inputs are not permitted" in str(info.value)
+
+
+def test_wrong_type_names_file_and_field(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "gates:\n  parity:\n    max_abs_diff_fp32: lots\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(overlay=bad, environ={})
+    assert f"{bad}: gates.parity.max_abs_diff_fp32: input should be a valid number" in str(info.value)
+
+
+def test_missing_env_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"env/nope\.yaml: file not found"):
+        load_config(env="nope", environ={})
+
+
+def test_malformed_yaml_is_named(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(overlay=bad, environ={})
+
+
+def test_environment_variable_overrides_and_is_named_on_error() -> None:
+    loaded = load_config(environ={"SLIPWAY__SERVING__PORT": "8123"})
+    assert loaded.settings.serving.port == 8123
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"SLIPWAY__SERVING__PORT": "eighty"})
+    assert "environment variable SLIPWAY__SERVING__PORT: serving.port" in str(info.value)
+
+
+def test_cross_field_rule_is_reported(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "data:\n  kind: file\n")
+    with pytest.raises(ConfigError, match=r"data.kind='file' needs data.path"):
+        load_config(overlay=bad, environ={})
+
+
+def test_api_keys_are_secret_and_left_out_of_the_hash() -> None:
+    with_key = load_config(environ={"SLIPWAY__SERVING__API_KEYS": '["s3cr3t"]'})
+    without = load_config(environ={})
+    assert "s3cr3t" not in repr(with_key.settings)
+    assert with_key.settings_hash() == without.settings_hash()
+
+
+def test_schema_documents_fields() -> None:
+    schema = config_schema()
+    assert "gates" in schema["properties"]
+    assert "description" in schema["$defs"]["ParityGate"]["properties"]["max_abs_diff_fp32"]
