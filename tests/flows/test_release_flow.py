@@ -1,0 +1,141 @@
+"""The release pipeline as real flow runs: Prefect test harness, MLflow on SQLite, ONNX Runtime, BentoML build.
+
+Each failure path ends with a clear error and no champion move.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tasks.errors import ConversionUnsupported, DataSourceError, GateFailed
+from tasks.registry import TAG_STATUS, read_history
+from tasks.resources import Registry
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+CLASSIFIER = "breast-cancer-classifier"
+
+
+def _registry(home: Path) -> Registry:
+    return Registry(f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'mlflow.db'}", "slipway", home / "mlartifacts")
+
+
+def test_release_of_the_example_end_to_end(home: Path) -> None:
+    # Given the shipped example config, when the train flow runs (release as a subflow),
+    # then a version is registered, converted, optimized, validated, built as a Bento and promoted.
+    from flows.train import train_flow
+
+    summary = train_flow()
+    reg = _registry(home)
+    assert summary.gate_passed
+    assert summary.aliases == {"challenger": summary.version, "champion": summary.version}
+    tags = reg.version_tags(CLASSIFIER, summary.version)
+    assert tags[TAG_STATUS] == "released"
+    assert tags["slipway.gates"] == "passed"
+    assert tags["slipway.bento.tag"] == summary.bento_tag
+    assert len(tags["slipway.onnx.sha256"]) == 64
+    for key in ("run_id", "holdout_fingerprint", "config_hash", "git_commit"):
+        assert tags[f"slipway.lineage.{key}"]
+    report = json.loads(Path(summary.gate_report_path).read_text())
+    assert {c["name"] for c in report["checks"]} == {"data_quality", "parity", "quality", "latency"}
+    assert all(c["passed"] for c in report["checks"])
+    run = reg.client.get_run(summary.run_id)
+    assert "roc_auc" in run.data.metrics and run.data.tags["slipway.lineage.data_fingerprint"]
+    assert any(a.path == "slipway" for a in reg.client.list_artifacts(summary.run_id))
+    assert [e.action for e in read_history(reg, CLASSIFIER)] == ["release"]
+
+
+def test_worse_model_than_champion_is_rejected_and_champion_stays(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a champion, when a much weaker model (one boosting round of stumps) is released,
+    # then the quality gate fails with both numbers, the version is tagged rejected and no alias moves.
+    from flows.train import train_flow
+
+    first = train_flow()
+    monkeypatch.setenv("SLIPWAY__MODEL__PARAMS__MAX_ITER", "1")
+    monkeypatch.setenv("SLIPWAY__MODEL__PARAMS__MAX_LEAF_NODES", "2")
+    with pytest.raises(GateFailed) as info:
+        train_flow()
+    message = str(info.value)
+    assert "[FAIL] quality" in message and f"champion_version={first.version}" in message
+    reg = _registry(home)
+    assert reg.aliases(CLASSIFIER) == {"challenger": first.version, "champion": first.version}
+    rejected = str(int(first.version) + 1)
+    assert reg.version_tags(CLASSIFIER, rejected)[TAG_STATUS] == "rejected"
+
+
+def test_tampered_onnx_fails_parity(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a conversion whose output graph is tampered with (a tree leaf weight changed),
+    # when the release runs, then the parity gate fails naming the difference and no alias moves.
+    from tasks import convert
+
+    real = convert.convert_to_onnx.fn
+
+    def tampered(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = real(*args, **kwargs)
+        model = onnx.load(result.path)
+        for node in model.graph.node:
+            for attr in node.attribute:
+                if attr.name in ("class_weights", "nodes_values") and attr.floats:
+                    attr.floats[:] = [w * 1.5 + 0.1 for w in attr.floats]
+        onnx.save(model, result.path)
+        return result
+
+    monkeypatch.setattr(convert.convert_to_onnx, "fn", tampered)
+    from flows.train import train_flow
+
+    with pytest.raises(GateFailed, match=r"\[FAIL\] parity: .*max_abs_diff="):
+        train_flow()
+    assert _registry(home).aliases(CLASSIFIER) == {}
+
+
+def test_bad_training_data_fails_expectations_before_anything_is_registered(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples.breast_cancer import load_data
+
+    frame = load_data()
+    frame.loc[:20, "mean_radius"] = -5.0  # impossible radii
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path)
+    monkeypatch.setenv("SLIPWAY__DATA__KIND", "file")
+    monkeypatch.setenv("SLIPWAY__DATA__PATH", str(path))
+    from flows.train import train_flow
+
+    with pytest.raises(DataSourceError, match="mean_radius"):
+        train_flow()
+    assert not _registry(home).model_exists(CLASSIFIER)
+
+
+def test_unsupported_estimator_is_named(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIPWAY__MODEL__ENTRYPOINT", "tests.flows.unsupported:build_model")
+    from flows.train import train_flow
+
+    with pytest.raises(ConversionUnsupported, match="LabelSpreading"):
+        train_flow()
+    reg = _registry(home)
+    assert reg.aliases(CLASSIFIER) == {}
+    assert reg.version_tags(CLASSIFIER, "1")[TAG_STATUS] == "rejected"
+
+
+def test_promote_and_two_rollbacks_through_the_flows(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given three released champions, when rolled back twice, then the champion is the first one,
+    # and the history records each move with its action.
+    from flows.promotion import promote, rollback
+    from flows.train import train_flow
+
+    monkeypatch.setenv("SLIPWAY__GATES__QUALITY__MIN_IMPROVEMENT", "-1")  # equal models may replace each other
+    versions = [train_flow().version for _ in range(3)]
+    reg = _registry(home)
+    assert reg.aliases(CLASSIFIER)["champion"] == versions[2]
+    rollback(reason="latency regression")
+    assert reg.aliases(CLASSIFIER)["champion"] == versions[1]
+    rollback(reason="still bad")
+    assert reg.aliases(CLASSIFIER)["champion"] == versions[0]
+    promote(version=versions[2], reason="fixed upstream")
+    assert reg.aliases(CLASSIFIER)["champion"] == versions[2]
+    actions = [e.action for e in read_history(reg, CLASSIFIER)]
+    assert actions == ["release", "release", "release", "rollback", "rollback", "promote"]
