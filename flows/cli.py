@@ -45,7 +45,7 @@ def _load(env: str | None, config: Path | None) -> LoadedConfig:
     try:
         loaded = load_config(env=env, overlay=config)
     except ConfigError as exc:
-        err.print(f"[bold red]config error[/]\n  " + "\n  ".join(exc.problems), highlight=False)
+        err.print("[bold red]config error[/]\n  " + "\n  ".join(exc.problems), highlight=False)
         raise typer.Exit(2) from None
     loaded.settings.home.mkdir(parents=True, exist_ok=True)
     for key, value in process_environment(loaded.settings).items():
@@ -83,7 +83,9 @@ def config_check(env: EnvOption = None, config: ConfigOption = None) -> None:
 def train(
     env: EnvOption = None,
     config: ConfigOption = None,
-    release: Annotated[bool, typer.Option("--release/--no-release", help="Run the release flow after training.")] = True,
+    release: Annotated[
+        bool, typer.Option("--release/--no-release", help="Run the release flow after training.")
+    ] = True,
 ) -> None:
     """Train the configured model, log it to MLflow and (by default) release it."""
     loaded = _load(env, config)
@@ -148,7 +150,9 @@ def promote(
 
 @app.command()
 def rollback(
-    reason: Annotated[str, typer.Option(help="Why; recorded in the history and on the bad version.")] = "rolled back by hand",
+    reason: Annotated[
+        str, typer.Option(help="Why; recorded in the history and on the bad version.")
+    ] = "rolled back by hand",
     env: EnvOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -185,7 +189,9 @@ def history(
         table.add_column(column)
     for entry in entries:
         moves = ", ".join(f"{m.alias}: v{m.from_version or '-'} -> v{m.to_version}" for m in entry.moves)
-        table.add_row(entry.at.strftime("%Y-%m-%d %H:%M:%S"), entry.action, moves, entry.actor, entry.status, entry.reason)
+        table.add_row(
+            entry.at.strftime("%Y-%m-%d %H:%M:%S"), entry.action, moves, entry.actor, entry.status, entry.reason
+        )
     console.print(table)
 
 

@@ -45,24 +45,22 @@ def release(
     workdir = s.home / "releases" / f"{name}-v{version.version}"
 
     try:
-        onnx_model = convert.convert_to_onnx(
-            native, schema, workdir / "model.onnx", s.convert.opset, s.convert.ml_opset
-        )
+        onnx_model = convert.to_onnx(native, schema, workdir / "model.onnx", s.convert.opset, s.convert.ml_opset)
         native_predictions = optimize.native_predictions(native, holdout, schema)
-        candidates = optimize.build_candidates(onnx_model, workdir, s.optimize.quantize)
-        reports = [
-            optimize.evaluate_candidate(c, onnx_model, holdout, native_predictions, s.gates.parity, s.optimize)
-            for c in candidates
+        candidates = optimize.build(onnx_model, workdir, s.optimize.quantize)
+        reports = [*candidates.skipped] + [
+            optimize.evaluate(c, onnx_model, holdout, native_predictions, s.gates.parity, s.optimize)
+            for c in candidates.built
         ]
         chosen = optimize.choose_candidate(reports)
         registry.tag_version(reg, name, version.version, optimize.optimization_tags(chosen))
 
         checks = []
         if s.gates.data.enabled:
-            checks.append(validate.run_suite(validate.load_suite(ctx.loaded.expectations_path()), holdout))
+            checks.append(validate.validate_data(validate.load_suite(ctx.loaded.expectations_path()), holdout))
         checks.append(validate.parity_check(chosen.chosen_parity, chosen.chosen.name))
         champion = registry.load_champion(reg, name, s.promotion.champion_alias)
-        checks.append(validate.compare_with_champion(native, champion, holdout, schema, s.gates.quality))
+        checks.append(validate.validate_quality(native, champion, holdout, schema, s.gates.quality))
         checks.append(validate.latency_check(chosen.chosen_timing, s.gates.latency))
         report = validate.gate_report(name, version.version, checks)
         report_path = validate.write_report(report, s.reports_dir)

@@ -22,7 +22,7 @@ def train_flow(
 
     frame = train.load_training_data(s.data)
     if s.gates.data.enabled:
-        check = validate.run_suite(validate.load_suite(ctx.loaded.expectations_path()), frame)
+        check = validate.validate_data(validate.load_suite(ctx.loaded.expectations_path()), frame)
         if not check.passed:
             raise DataSourceError(f"training data failed its expectations: {check.line()}")
     train_split, holdout = train.split_data(
@@ -30,7 +30,7 @@ def train_flow(
     )
     model = train.fit_model(s.model.entrypoint, s.model.params, train_split, s.data.target)
     schema = convert.infer_schema(train_split, s.data.target, s.model.task, getattr(model, "classes_", None))
-    metrics = validate.holdout_metrics(model, holdout, schema)
+    metrics = validate.evaluate_holdout(model, holdout, schema)
     log.info("holdout metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     lineage = {
         "data_fingerprint": train.data_fingerprint(frame),

@@ -49,7 +49,7 @@ def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def registry(home: Path, mlflow_db_template: Path):  # noqa: ANN201 - returns tasks.resources.Registry
+def registry(home: Path, mlflow_db_template: Path):
     """A real MLflow registry on its own SQLite file under the test's home."""
     from tasks.resources import Registry
 

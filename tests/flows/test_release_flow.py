@@ -21,7 +21,9 @@ CLASSIFIER = "breast-cancer-classifier"
 
 
 def _registry(home: Path) -> Registry:
-    return Registry(f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'mlflow.db'}", "slipway", home / "mlartifacts")
+    return Registry(
+        f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'mlflow.db'}", "slipway", home / "mlartifacts"
+    )
 
 
 def test_release_of_the_example_end_to_end(home: Path) -> None:
@@ -72,9 +74,9 @@ def test_tampered_onnx_fails_parity(home: Path, monkeypatch: pytest.MonkeyPatch)
     # when the release runs, then the parity gate fails naming the difference and no alias moves.
     from tasks import convert
 
-    real = convert.convert_to_onnx.fn
+    real = convert.to_onnx.fn
 
-    def tampered(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def tampered(*args, **kwargs):
         result = real(*args, **kwargs)
         model = onnx.load(result.path)
         for node in model.graph.node:
@@ -84,7 +86,7 @@ def test_tampered_onnx_fails_parity(home: Path, monkeypatch: pytest.MonkeyPatch)
         onnx.save(model, result.path)
         return result
 
-    monkeypatch.setattr(convert.convert_to_onnx, "fn", tampered)
+    monkeypatch.setattr(convert.to_onnx, "fn", tampered)
     from flows.train import train_flow
 
     with pytest.raises(GateFailed, match=r"\[FAIL\] parity: .*max_abs_diff="):

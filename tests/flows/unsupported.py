@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sklearn.compose import ColumnTransformer
-from sklearn.semi_supervised import LabelSpreading
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.semi_supervised import LabelSpreading
 
 from examples.breast_cancer import CATEGORICAL, SIZE_BANDS, load_data
 

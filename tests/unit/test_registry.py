@@ -59,9 +59,14 @@ def test_failed_first_move_deletes_alias_it_created(registry: Registry) -> None:
 
 def _pending(registry: Registry, alias: str, old: str | None, new: str) -> None:
     entry = HistoryEntry(
-        id=f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-deadbeef", at=datetime.now(UTC), model_name=NAME,
-        action="promote", actor="crashed", reason="killed mid-move",
-        moves=(AliasMove(alias=alias, from_version=old, to_version=new),), status="pending",
+        id=f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-deadbeef",
+        at=datetime.now(UTC),
+        model_name=NAME,
+        action="promote",
+        actor="crashed",
+        reason="killed mid-move",
+        moves=(AliasMove(alias=alias, from_version=old, to_version=new),),
+        status="pending",
     )
     registry.write_history(NAME, entry.id, entry.model_dump(mode="json"))
 
@@ -100,7 +105,12 @@ def test_two_rollbacks_do_not_bounce_back(registry: Registry) -> None:
 
 def test_rollback_target_uses_champion_set_before_history() -> None:
     entry = HistoryEntry(
-        id="1", at=datetime.now(UTC), model_name=NAME, action="release", actor="t", reason="r",
+        id="1",
+        at=datetime.now(UTC),
+        model_name=NAME,
+        action="release",
+        actor="t",
+        reason="r",
         moves=(AliasMove(alias="champion", from_version="4", to_version="5"),),
     )
     assert rollback_target([entry], "champion", "5", set()) == "4"

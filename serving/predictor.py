@@ -1,0 +1,121 @@
+"""One ONNX Runtime session over a verified model file, and the plain request -> response function.
+
+Kept free of BentoML so later phases (batching, metrics, inference log, auth) can wrap these functions
+without touching the model code, and so they can be tested in-process.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.features import feeds_from_columns
+from serving.schema import PredictResponse, RequestBase, label_type, request_columns
+from serving.spec import ModelIntegrityError, ServingSpec, verify_model_file
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Labels (classifiers) or values (regressors) per row; class probabilities for classifiers."""
+
+    predictions: list[Any]
+    probabilities: list[list[float]] | None
+
+
+def open_session(path: Path) -> ort.InferenceSession:
+    """A CPU session with all graph optimizations and one intra/inter-op thread (one session per worker)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_session(session: ort.InferenceSession, spec: ServingSpec) -> None:
+    """Refuse a model whose ONNX inputs/outputs do not match the descriptor."""
+    inputs = {i.name for i in session.get_inputs()}
+    features = {f.name for f in spec.features}
+    outputs = {o.name for o in session.get_outputs()}
+    problems = []
+    if inputs != features:
+        problems.append(
+            f"ONNX inputs {sorted(inputs)} differ from the descriptor features: "
+            f"missing {sorted(features - inputs)}, unexpected {sorted(inputs - features)}"
+        )
+    missing_outputs = {spec.label_output, spec.score_output} - outputs
+    if missing_outputs:
+        problems.append(f"ONNX outputs {sorted(outputs)} lack {sorted(missing_outputs)}")
+    elif spec.task == "classification":
+        onnx_type = next(o.type for o in session.get_outputs() if o.name == spec.label_output)
+        expected = label_type(spec)
+        if (expected is str) != (onnx_type == "tensor(string)") and expected in (str, int):
+            problems.append(f"label output {spec.label_output!r} is {onnx_type} but the classes are {spec.classes}")
+    if problems:
+        raise ModelIntegrityError("; ".join(problems))
+
+
+class Predictor:
+    """A verified model and its session; `predict` is thread-safe (ORT sessions are)."""
+
+    def __init__(self, session: ort.InferenceSession, spec: ServingSpec) -> None:
+        self.session = session
+        self.spec = spec
+        self._features = spec.feature_pairs
+        # Regressors may name one output as both label and score; ask ORT for each name once.
+        self._outputs = list(dict.fromkeys([spec.label_output, spec.score_output]))
+
+    @classmethod
+    def load(cls, model_dir: Path, spec: ServingSpec) -> Predictor:
+        """Check the sha256 of `model.onnx`, open it, and check its inputs and outputs."""
+        session = open_session(verify_model_file(model_dir, spec))
+        check_session(session, spec)
+        return cls(session, spec)
+
+    def predict(self, columns: Mapping[str, Sequence[Any]]) -> Prediction:
+        """Run the model on feature name -> values (already validated)."""
+        arrays = self.session.run(self._outputs, feeds_from_columns(self._features, columns))
+        results = dict(zip(self._outputs, arrays, strict=True))
+        scores = np.asarray(results[self.spec.score_output])
+        if self.spec.task == "classification":
+            return Prediction(
+                predictions=np.asarray(results[self.spec.label_output]).reshape(-1).tolist(),
+                probabilities=scores.astype(np.float64).tolist(),
+            )
+        return Prediction(predictions=scores.astype(np.float64).reshape(-1).tolist(), probabilities=None)
+
+
+def request_id_from(header: str | None) -> str:
+    """The caller's X-Request-ID when it is a sane token, else a fresh one."""
+    if header and _REQUEST_ID.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def predict_response(
+    predictor: Predictor,
+    request: RequestBase,
+    request_id: str,
+    response_type: type[PredictResponse] = PredictResponse,
+) -> PredictResponse:
+    """Answer one validated /predict request."""
+    result = predictor.predict(request_columns(request))
+    spec = predictor.spec
+    classifier = spec.task == "classification"
+    return response_type(
+        predictions=result.predictions,
+        probabilities=result.probabilities,
+        classes=list(spec.classes) if classifier and spec.classes is not None else None,
+        model_name=spec.model_name,
+        model_version=spec.model_version,
+        request_id=request_id,
+    )

@@ -1,0 +1,155 @@
+"""Request and response models of the predict API, typed from the model descriptor.
+
+The request models are built at service import from `slipway.json`, so the OpenAPI document lists the real
+feature names and types, and pydantic rejects bad input (missing, unknown or mistyped fields, NaN/inf,
+empty or oversized batches) with a 4xx that names the field. JSON keys are the feature names (aliases); the
+Python attribute names are positional (`f0`, `f1`...) so a feature may be called `schema` or `mean radius`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from serving.spec import ServingSpec
+
+# Numbers are fed to ONNX as float32: a finite float64 beyond this would become inf inside the model.
+FLOAT32_MAX = 3.4028234663852886e38
+
+_VALUE_TYPES: dict[str, Any] = {
+    "float": Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)],
+    "int": Annotated[int, Field(strict=True, ge=-int(FLOAT32_MAX), le=int(FLOAT32_MAX))],
+    "bool": Annotated[bool, Field(strict=True)],
+    "string": Annotated[str, Field(strict=True)],
+}
+
+# hide_input_in_errors: BentoML logs every rejected request; keep the (possibly personal) values out of the log.
+_STRICT_INPUT = ConfigDict(extra="forbid", populate_by_name=False, frozen=True, hide_input_in_errors=True)
+
+
+class RequestBase(BaseModel):
+    """Either `records` (one object per row) or `columns` (one list per feature), never both."""
+
+    model_config = _STRICT_INPUT
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> RequestBase:
+        given = [name for name in ("records", "columns") if getattr(self, name, None) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'records' (a list of feature objects) or 'columns' "
+                f"(feature name -> list of values); got {given or 'neither'}"
+            )
+        return self
+
+
+class ColumnsBase(BaseModel):
+    """All columns must have the same number of rows."""
+
+    model_config = _STRICT_INPUT
+
+    @model_validator(mode="after")
+    def _same_length(self) -> ColumnsBase:
+        lengths = {info.alias or name: len(getattr(self, name)) for name, info in type(self).model_fields.items()}
+        usual = Counter(lengths.values()).most_common(1)[0][0]
+        odd = {name: length for name, length in lengths.items() if length != usual}
+        if odd:
+            raise ValueError(f"columns must all have the same number of rows; most have {usual}, these differ: {odd}")
+        return self
+
+
+class PredictResponse(BaseModel):
+    """Predictions in request row order; for classifiers also one probability per class in `classes` order."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    predictions: list[str | int | float] = Field(description="Class label (classifiers) or value (regressors).")
+    probabilities: list[list[float]] | None = Field(
+        None, description="Classifiers only: per row, one probability per entry of `classes`."
+    )
+    classes: list[str | int | float] | None = Field(None, description="Classifiers only: class labels.")
+    model_name: str
+    model_version: str
+    request_id: str
+
+
+def _list_of(item: Any) -> Any:
+    return list.__class_getitem__(item)
+
+
+def _optional(annotation: Any) -> Any:
+    return annotation | None
+
+
+def label_type(spec: ServingSpec) -> Any:
+    """Python type of one prediction: the class label type for classifiers, float for regressors."""
+    if spec.task == "regression":
+        return float
+    classes = spec.classes or ()
+    for candidate in (str, int, float):
+        if classes and all(type(c) is candidate or (candidate is float and type(c) is int) for c in classes):
+            return candidate
+    return str | int | float
+
+
+def response_model(spec: ServingSpec) -> type[PredictResponse]:
+    """PredictResponse with `predictions` and `classes` narrowed to this model's label type."""
+    value = label_type(spec)
+    return create_model(
+        f"{_model_name(spec)}PredictResponse",
+        __base__=PredictResponse,
+        predictions=(_list_of(value), Field(description=PredictResponse.model_fields["predictions"].description)),
+        classes=(_optional(_list_of(value)), Field(None, description="Classifiers only: class labels.")),
+    )
+
+
+def _model_name(spec: ServingSpec) -> str:
+    return "".join(part.capitalize() for part in spec.model_name.replace("-", "_").split("_") if part.isalnum())
+
+
+def record_model(spec: ServingSpec) -> type[BaseModel]:
+    """One row: every feature required, typed, unknown keys refused."""
+    fields: dict[str, Any] = {
+        f"f{i}": (_VALUE_TYPES[f.dtype], Field(alias=f.name, description=f"{f.dtype} feature"))
+        for i, f in enumerate(spec.features)
+    }
+    return create_model(f"{_model_name(spec)}Record", __config__=_STRICT_INPUT, **fields)
+
+
+def columns_model(spec: ServingSpec, max_rows: int) -> type[ColumnsBase]:
+    """One list per feature, each 1..max_rows long and all the same length."""
+    fields: dict[str, Any] = {
+        f"f{i}": (
+            _list_of(_VALUE_TYPES[f.dtype]),
+            Field(alias=f.name, min_length=1, max_length=max_rows, description=f"{f.dtype} values"),
+        )
+        for i, f in enumerate(spec.features)
+    }
+    return create_model(f"{_model_name(spec)}Columns", __base__=ColumnsBase, **fields)
+
+
+def request_model(spec: ServingSpec, max_rows: int) -> type[RequestBase]:
+    """The /predict body: `{"records": [...]}` or `{"columns": {...}}`, at most max_rows rows."""
+    record = record_model(spec)
+    columns = columns_model(spec, max_rows)
+    return create_model(
+        f"{_model_name(spec)}PredictRequest",
+        __base__=RequestBase,
+        records=(
+            _optional(_list_of(record)),
+            Field(None, min_length=1, max_length=max_rows, description="One object per row."),
+        ),
+        columns=(_optional(columns), Field(None, description="One list per feature, all the same length.")),
+    )
+
+
+def request_columns(request: RequestBase) -> dict[str, list[Any]]:
+    """The request as feature name -> values, whichever form it came in."""
+    records: list[BaseModel] | None = getattr(request, "records", None)
+    if records is not None:
+        fields = type(records[0]).model_fields
+        return {info.alias or name: [getattr(row, name) for row in records] for name, info in fields.items()}
+    columns: BaseModel = request.columns  # type: ignore[attr-defined]
+    return {info.alias or name: getattr(columns, name) for name, info in type(columns).model_fields.items()}
