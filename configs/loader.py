@@ -176,5 +176,7 @@ def process_environment(settings: Settings) -> dict[str, str]:
         "BENTOML_DO_NOT_TRACK": "true",
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The ephemeral API migrates a fresh database on first start; 20 s is not enough on a busy 2-core box.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
     }

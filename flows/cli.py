@@ -17,8 +17,8 @@ from configs import ConfigError, LoadedConfig, config_schema, load_config, proce
 if TYPE_CHECKING:
     from tasks.types import HistoryEntry, ReleaseSummary
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="slipway",
@@ -213,7 +213,7 @@ def models(env: EnvOption = None, config: ConfigOption = None) -> None:
     for mv in sorted(versions, key=lambda v: int(v.version)):
         tags = mv.tags
         table.add_row(
-            mv.version,
+            str(mv.version),
             ", ".join(sorted(by_version.get(str(mv.version), []))),
             tags.get("slipway.status", ""),
             tags.get("slipway.gates", ""),

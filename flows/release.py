@@ -80,7 +80,7 @@ def release(
             version.version,
             s.bentoml_home,
         )
-        bento = package.build_bento(model_tag, _slug(name), s.bentoml_home, workdir / "bento")
+        bento = package.build_bento(model_tag, _slug(name), s.bentoml_home)
         registry.record_release(reg, version, chosen.chosen.path, bento)
     except SlipwayError as exc:
         registry.tag_version(

@@ -204,7 +204,7 @@ def _bento_version(model_tag: str, sources: dict[str, bytes], config: dict[str, 
 
 
 @task(name="build-bento", cache_policy=NO_CACHE)
-def build_bento(model_tag: str, service_name: str, bentoml_home: Path, workdir: Path) -> BentoRef:
+def build_bento(model_tag: str, service_name: str, bentoml_home: Path) -> BentoRef:
     """Build (or reuse) a Bento named after `service_name` serving `model_tag`; its source is only `serving`."""
     service_name = bentoml_name(service_name)
     spec = _stored_spec(bentoml_home, model_tag)
@@ -216,8 +216,9 @@ def build_bento(model_tag: str, service_name: str, bentoml_home: Path, workdir: 
     path = bentoml_home / "bentos" / service_name / version
     if (path / "bento.yaml").is_file():
         return BentoRef(tag=f"{service_name}:{version}", model_tag=model_tag, path=path)
-    workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bento-context-", dir=workdir) as tmp:
+    # The build context lives in the system temp folder: bentoml refuses a context under a hidden folder
+    # ("Accessing hidden files is not allowed"), and the embedded home is `.slipway/`.
+    with tempfile.TemporaryDirectory(prefix="slipway-bento-context-") as tmp:
         context = Path(tmp)
         for relative, content in sources.items():
             (context / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh slipway home (MLflow SQLite, artifacts, BentoML home, reports) for one test."""
-    path = tmp_path / "slipway-home"
+    # Hidden, like the default `.slipway/`: some tools refuse paths under hidden folders.
+    path = tmp_path / ".slipway"
     monkeypatch.setenv("SLIPWAY__PROJECT__HOME", str(path))
     monkeypatch.setenv("BENTOML_HOME", str(path / "bentoml"))
     for key in [k for k in os.environ if k.startswith("SLIPWAY__") and k != "SLIPWAY__PROJECT__HOME"]:

@@ -18,4 +18,4 @@ def build_model(params: dict[str, Any]) -> Pipeline:
     pre = ColumnTransformer(
         [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(categories=[SIZE_BANDS]), CATEGORICAL)]
     )
-    return Pipeline([("pre", pre), ("clf", LabelSpreading())])
+    return Pipeline([("pre", pre), ("clf", LabelSpreading(kernel="knn", n_neighbors=7))])

@@ -1,0 +1,42 @@
+"""The `slipway` CLI: help on every command, config errors before any work, readable output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["release"], ["promote"], ["rollback"], ["history"], ["config"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_bad_config_fails_before_any_work_naming_file_and_field(home: Path, tmp_path: Path) -> None:
+    # Given an overlay with a wrong type, when `slipway train` runs, then it exits 2 with the file and the
+    # field path, and nothing was created: no MLflow database, no run.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gates:\n  parity:\n    max_abs_diff_fp32: lots\n")
+    result = runner.invoke(app, ["train", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}: gates.parity.max_abs_diff_fp32: input should be a valid number" in result.output
+    assert not (home / "mlflow.db").exists()
+
+
+def test_config_show_and_schema(home: Path) -> None:
+    shown = runner.invoke(app, ["config", "show"])
+    assert shown.exit_code == 0 and '"breast-cancer-classifier"' in shown.output
+    schema = runner.invoke(app, ["config", "schema"])
+    assert schema.exit_code == 0 and '"max_abs_diff_fp32"' in schema.output
+
+
+def test_release_needs_a_model(home: Path) -> None:
+    result = runner.invoke(app, ["release"])
+    assert result.exit_code == 2 and "--run-id or --model-uri" in result.output
