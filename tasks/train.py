@@ -135,6 +135,7 @@ def log_training_run(
 ) -> TrainedModel:
     """One MLflow run with params, holdout metrics, the model (signature + example), data lineage and samples."""
     import mlflow
+    import mlflow.data.pandas_dataset
     import mlflow.sklearn
     import skops.io
     from mlflow.models import infer_signature
@@ -155,10 +156,14 @@ def log_training_run(
             mlflow.log_metrics(metrics)
             mlflow.set_tags({f"slipway.lineage.{k}": v for k, v in lineage.items()})
             mlflow.log_input(
-                mlflow.data.from_pandas(train, name="train", targets=schema.target, digest=lineage["data_fingerprint"]),
+                mlflow.data.pandas_dataset.from_pandas(
+                    train, name="train", targets=schema.target, digest=lineage["data_fingerprint"]
+                ),
                 context="training",
             )
-            mlflow.log_input(mlflow.data.from_pandas(holdout, name="holdout", targets=schema.target), context="eval")
+            mlflow.log_input(
+                mlflow.data.pandas_dataset.from_pandas(holdout, name="holdout", targets=schema.target), context="eval"
+            )
             info = mlflow.sklearn.log_model(
                 model,
                 name=MODEL_ARTIFACT_NAME,

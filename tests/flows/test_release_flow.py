@@ -141,3 +141,16 @@ def test_promote_and_two_rollbacks_through_the_flows(home: Path, monkeypatch: py
     assert reg.aliases(CLASSIFIER)["champion"] == versions[2]
     actions = [e.action for e in read_history(reg, CLASSIFIER)]
     assert actions == ["release", "release", "release", "rollback", "rollback", "promote"]
+
+
+def test_regression_example_releases(home: Path) -> None:
+    # Given the second shipped config (a random-forest regressor), when trained and released, then it passes
+    # parity on its raw holdout rows (float64 feeds) and becomes champion.
+    from flows.train import train_flow
+
+    summary = train_flow(config_file=str(Path(__file__).resolve().parents[2] / "examples" / "regression.yaml"))
+    assert summary.gate_passed and summary.aliases["champion"] == summary.version
+    parity = next(c for c in summary.checks if c.name == "parity")
+    assert parity.measured["max_abs_diff"] <= 1e-4
+    quality = next(c for c in summary.checks if c.name == "quality")
+    assert quality.measured["metric"] == "rmse"
