@@ -1,0 +1,775 @@
+"""The inference log: every served prediction, one row per predicted row, in a SQL table monitoring reads.
+
+Writing never touches the request path: `InferenceLog.record` (or `record_request`) appends the request's
+rows to an in-memory deque under a lock held for a few microseconds, and ONE daemon writer thread per
+process inserts them in batches (one executemany INSERT of up to `batch_rows` rows per transaction) every
+`flush_interval_s`, or sooner once `batch_rows` rows are waiting. Nothing is ever silently lost: rows
+refused because the queue is full (`queue_full`), rows whose batch failed after a bounded retry
+(`write_failed`) and rows recorded after close or still queued when close() timed out (`closed`) are
+counted in attributes and in Prometheus, and the writer thread logs a rate-limited warning with the count
+and the error (request threads never log).
+
+A failing store: the failed batch is dropped, then the writer pauses (0.5, 1, 2, then 5 s) instead of
+failing batch after batch in a loop that would burn the worker's CPU and GIL. Rows recorded meanwhile stay
+queued and are written when the store is back (a restart or failover loses one batch, not the outage);
+an outage longer than the queue can hold becomes `queue_full` drops. While the store keeps failing, each
+batch gets one attempt (no retries) until one succeeds.
+
+Storage is SQLAlchemy 2.0 Core: a SQLite file (``sqlite:////abs/path.db``) or PostgreSQL
+(``postgresql+psycopg2://user:pw@host/db``). The table is created on the first write (create_all with
+checkfirst, tolerant of another worker creating it at the same moment).
+
+SQLite concurrency (several BentoML workers, one writer thread each, monitoring reading meanwhile):
+- journal_mode=WAL, set by the writer on each new connection: readers never block the writer nor the
+  writer the readers; writers still take turns on the database's single write lock.
+- busy timeout 5 s (sqlite3 `timeout`): a writer waits for another worker's transaction instead of failing.
+  Transactions are short (one INSERT of <= batch_rows rows), so the wait is normally milliseconds.
+- "database is locked" that still escapes (timeout hit, or two workers switching to WAL at once) is an
+  OperationalError: the batch is retried (3 attempts: now, after 50 ms, after 250 ms), then dropped and
+  counted. Lost or refused PostgreSQL connections are retried the same way.
+- synchronous=NORMAL: safe with WAL (no corruption); a power cut may lose the last commits, fine for a log.
+
+Prometheus: the three metrics are created once per (process, registry) and shared by every InferenceLog
+of that process, so a second instance never raises "Duplicated timeseries". In multiprocess mode (BentoML
+sets PROMETHEUS_MULTIPROC_DIR in its workers) that sharing also matters for correctness: two metric
+objects of one name in one process would overwrite each other's value in the per-process mmap file.
+prometheus_client is imported only when the first InferenceLog is built, i.e. inside the worker.
+Create the InferenceLog in the worker (the service's __init__), not at import: threads do not survive fork.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
+
+from serving.options import OptionsError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+_LOG = logging.getLogger("slipway.inference_log")
+
+URL_ENV = "SLIPWAY_INFERENCE_LOG_URL"
+BATCH_ROWS_ENV = "SLIPWAY_INFERENCE_LOG_BATCH_ROWS"
+FLUSH_S_ENV = "SLIPWAY_INFERENCE_LOG_FLUSH_S"
+
+DROP_REASONS = ("queue_full", "write_failed", "closed")
+# Read back by read_window next to the features; a feature of the same name would be ambiguous.
+META_COLUMNS = ("prediction", "ts", "model_version", "request_id", "latency_ms")
+
+_SQLITE_BUSY_TIMEOUT_S = 5.0
+_PG_CONNECT_TIMEOUT_S = 5
+_RETRY_DELAYS_S = (0.05, 0.25)  # 3 attempts in all
+_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # pauses after consecutive failed batches; the last one repeats
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")  # room for "ix_<table>_model_version" in 63 chars
+
+
+class InferenceLogError(RuntimeError):
+    """The inference log cannot be read (no database, no table, ambiguous columns); the message says which."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRow:
+    """One predicted row: its features as sent, what the model answered, and the request it came in."""
+
+    request_id: str
+    model_name: str
+    model_version: str
+    row_index: int
+    features: Mapping[str, Any]
+    prediction: Any
+    latency_ms: float
+    probabilities: Sequence[float] | None = None
+    ts: datetime = field(default_factory=_utc_now)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """One request in columns (feature -> values, as the predictor takes them); expanded by the writer thread."""
+
+    request_id: str
+    model_name: str
+    model_version: str
+    features: Mapping[str, Sequence[Any]]
+    predictions: Sequence[Any]
+    latency_ms: float
+    probabilities: Sequence[Sequence[float]] | None = None
+    ts: datetime = field(default_factory=_utc_now)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in the request (one prediction each)."""
+        return len(self.predictions)
+
+    def rows(self) -> list[LoggedRow]:
+        """The request as one LoggedRow per predicted row."""
+        names = list(self.features)
+        columns = [self.features[name] for name in names]
+        probabilities = self.probabilities
+        return [
+            LoggedRow(
+                request_id=self.request_id,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                row_index=i,
+                features=dict(zip(names, (column[i] for column in columns), strict=True)),
+                prediction=prediction,
+                latency_ms=self.latency_ms,
+                probabilities=probabilities[i] if probabilities is not None else None,
+                ts=self.ts,
+            )
+            for i, prediction in enumerate(self.predictions)
+        ]
+
+
+_Entry = Sequence[LoggedRow] | LoggedRequest
+
+
+def sqlite_url(path: Path | str) -> str:
+    """The SQLAlchemy URL of a SQLite file (absolute, so it does not depend on the working directory)."""
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def inference_log_table(metadata: MetaData, name: str = "inference_log") -> Table:
+    """The inference log table: one row per predicted row."""
+    if not _TABLE_NAME.match(name):
+        raise ValueError(f"inference log table name {name!r} must be a plain identifier of at most 40 characters")
+    return Table(
+        name,
+        metadata,
+        # BIGINT is not a rowid alias on SQLite, so it would not autoincrement there.
+        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("ts", DateTime(timezone=True), nullable=False, index=True),
+        # No lengths: PostgreSQL would refuse a whole batch for one long value; SQLite ignores them anyway.
+        Column("request_id", String, nullable=False, index=True),
+        Column("model_name", String, nullable=False),
+        Column("model_version", String, nullable=False, index=True),
+        Column("row_index", Integer, nullable=False),
+        # JSON, not JSONB, on PostgreSQL: cheaper to insert, and it keeps the features as sent (key order).
+        Column("features", JSON, nullable=False),
+        Column("prediction", JSON),
+        Column("probabilities", JSON(none_as_null=True), nullable=True),
+        Column("latency_ms", Float, nullable=False),
+    )
+
+
+def _as_utc(ts: datetime) -> datetime:
+    """Aware UTC; a naive datetime is taken as UTC (SQLite stores the wall time without its offset)."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays as Python values; anything else as its text rather than failing the batch."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: they are not JSON and PostgreSQL refuses them."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+# One encoder for all rows: json.dumps with options builds a new encoder per call, which costs 3x the encoding.
+_ENCODER = json.JSONEncoder(allow_nan=False, default=_json_default, separators=(",", ":"))
+
+
+def _json_dumps(value: Any) -> str:
+    """Compact JSON; the slower NaN-cleaning path only when a value is not finite."""
+    try:
+        return _ENCODER.encode(value)
+    except ValueError:
+        return _ENCODER.encode(_finite(value))
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def create_log_engine(url: str | URL, *, writer: bool) -> Engine:
+    """An engine for the log: WAL and a busy timeout on SQLite, a connect timeout and pre-ping on PostgreSQL."""
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        connect_args["timeout"] = _SQLITE_BUSY_TIMEOUT_S
+    elif (
+        backend == "postgresql"
+        and parsed.get_driver_name() in ("psycopg2", "psycopg")
+        and "connect_timeout" not in parsed.query
+    ):
+        # Without it a firewalled host blocks the writer for minutes per batch (the URL's own value wins).
+        connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+    engine = create_engine(
+        parsed,
+        connect_args=connect_args,
+        json_serializer=_json_dumps,
+        # Parameters are users' features: keep them out of error messages and logs.
+        hide_parameters=True,
+        pool_pre_ping=backend != "sqlite",
+    )
+    if backend == "sqlite" and writer:
+        # Switching to WAL writes to the file, so only the writer does it; readers just benefit.
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a file-based SQLite URL, else None."""
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _describe(error: BaseException, password: str | None) -> str:
+    """A short, password-free description of a write error."""
+    text = str(error.orig) if isinstance(error, DBAPIError) and error.orig is not None else str(error)
+    text = " ".join(text.split())[:300]
+    if password:
+        text = text.replace(password, "***")
+    return f"{type(error).__name__}: {text}"
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    written: Counter
+    dropped: Counter
+    queue_rows: Gauge
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_METRICS_LOCK = threading.Lock()
+
+
+def _metrics_for(registry: CollectorRegistry | None) -> _Metrics:
+    """The process's inference-log metrics in `registry` (default: the global one), created on first use."""
+    import prometheus_client  # here, not at import: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker
+
+    target = registry if registry is not None else prometheus_client.REGISTRY
+    with _METRICS_LOCK:
+        metrics = _METRICS.get(target)
+        if metrics is None:
+            metrics = _Metrics(
+                written=prometheus_client.Counter(
+                    "slipway_inference_log_rows_written_total",
+                    "Rows written to the inference log.",
+                    registry=target,
+                ),
+                dropped=prometheus_client.Counter(
+                    "slipway_inference_log_rows_dropped_total",
+                    "Rows the inference log dropped, by reason.",
+                    ["reason"],
+                    registry=target,
+                ),
+                queue_rows=prometheus_client.Gauge(
+                    "slipway_inference_log_queue_rows",
+                    "Rows waiting in the inference log queue.",
+                    registry=target,
+                    multiprocess_mode="livesum",
+                ),
+            )
+            for reason in DROP_REASONS:
+                metrics.dropped.labels(reason=reason)
+            _METRICS[target] = metrics
+        return metrics
+
+
+def _entry_rows(entry: _Entry) -> int:
+    return entry.n_rows if isinstance(entry, LoggedRequest) else len(entry)
+
+
+def _row_params(row: LoggedRow) -> dict[str, Any]:
+    return {
+        "ts": _as_utc(row.ts),
+        "request_id": row.request_id,
+        "model_name": row.model_name,
+        "model_version": row.model_version,
+        "row_index": row.row_index,
+        "features": dict(row.features),
+        "prediction": row.prediction,
+        "probabilities": list(row.probabilities) if row.probabilities is not None else None,
+        "latency_ms": float(row.latency_ms),
+    }
+
+
+def _insert_params(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
+    """One parameter dict per row, in recording order."""
+    params: list[dict[str, Any]] = []
+    for entry in entries:
+        rows = entry.rows() if isinstance(entry, LoggedRequest) else entry
+        params.extend(_row_params(row) for row in rows)
+    return params
+
+
+def _positive_env(environ: Mapping[str, str], name: str, default: float, kind: Callable[[str], Any]) -> Any:
+    """A strictly positive finite number from the environment, or the default when unset or empty."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise OptionsError(f"{name}={raw!r} is not a valid number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise OptionsError(f"{name}={raw!r} must be a number greater than 0")
+    return value
+
+
+class InferenceLog:
+    """Queues served predictions and writes them to the inference log table from one background thread."""
+
+    def __init__(
+        self,
+        url: str,
+        table: str = "inference_log",
+        batch_rows: int = 500,
+        flush_interval_s: float = 0.5,
+        max_queue_rows: int = 100_000,
+        *,
+        registry: CollectorRegistry | None = None,
+        warn_interval_s: float = 30.0,
+    ) -> None:
+        if batch_rows < 1 or max_queue_rows < 1:
+            raise ValueError(f"batch_rows ({batch_rows}) and max_queue_rows ({max_queue_rows}) must be at least 1")
+        if not flush_interval_s > 0:
+            raise ValueError(f"flush_interval_s must be greater than 0, got {flush_interval_s}")
+        self._url = make_url(url)
+        self.safe_url = self._url.render_as_string(hide_password=True)
+        self.table = inference_log_table(MetaData(), table)
+        self.batch_rows = batch_rows
+        self.flush_interval_s = flush_interval_s
+        self.max_queue_rows = max_queue_rows
+        self.warn_interval_s = warn_interval_s
+        # Built now (no connection yet) so a bad URL or a missing driver fails at startup, not per batch.
+        self._engine = create_log_engine(self._url, writer=True)
+        self._insert = self.table.insert()
+        self._metrics = _metrics_for(registry)
+        self.rows_recorded = 0
+        self.rows_written = 0
+        self.rows_dropped_queue_full = 0
+        self.rows_dropped_write_failed = 0
+        self.rows_dropped_closed = 0
+        self.record_errors = 0
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._queue: deque[_Entry] = deque()
+        self._queued_rows = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._closed = False
+        self._close_deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._table_ready = False
+        self._failed_batches = 0  # consecutive
+        self._resume_at = 0.0
+        self._reported: dict[str, int] = {}
+        self._last_warning = -math.inf
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], registry: CollectorRegistry | None = None) -> InferenceLog | None:
+        """The log configured by SLIPWAY_INFERENCE_LOG_* (not started), or None when the URL is unset (disabled)."""
+        url = environ.get(URL_ENV, "").strip()
+        if not url:
+            return None
+        batch_rows = _positive_env(environ, BATCH_ROWS_ENV, 500, int)
+        flush_s = _positive_env(environ, FLUSH_S_ENV, 0.5, float)
+        try:
+            make_url(url)
+        except (ArgumentError, ValueError):
+            # Not echoed: the value may hold a password.
+            raise OptionsError(
+                f"{URL_ENV} is not a SQLAlchemy database URL "
+                "(e.g. sqlite:////var/lib/slipway/inference_log.db or postgresql+psycopg2://user@host/db)"
+            ) from None
+        try:
+            return cls(url, batch_rows=batch_rows, flush_interval_s=flush_s, registry=registry)
+        except (NoSuchModuleError, ModuleNotFoundError) as error:
+            raise OptionsError(f"{URL_ENV}={safe_url(url)}: no such database driver ({error})") from None
+
+    def __repr__(self) -> str:
+        return f"InferenceLog({self.safe_url!r}, table={self.table.name!r})"
+
+    @property
+    def queue_rows(self) -> int:
+        """Rows accepted and not yet handed to the database."""
+        return self._queued_rows
+
+    @property
+    def rows_dropped(self) -> int:
+        """Rows dropped for any reason."""
+        return self.rows_dropped_queue_full + self.rows_dropped_write_failed + self.rows_dropped_closed
+
+    def start(self) -> InferenceLog:
+        """Start the writer thread (daemon); a no-op when already running."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed; build a new one")
+            if self._thread is not None:
+                return self
+            self._thread = threading.Thread(target=self._run, name="slipway-inference-log", daemon=True)
+            self._thread.start()
+        # A daemon thread dies with the interpreter; flush what is queued on a normal exit.
+        atexit.register(self.close)
+        _LOG.info("inference log writing to %s table %s", self.safe_url, self.table.name)
+        return self
+
+    def __enter__(self) -> InferenceLog:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def record(self, rows: Sequence[LoggedRow]) -> None:
+        """Queue one request's rows for writing; returns at once and never raises."""
+        self._enqueue(rows)
+
+    def record_request(self, request: LoggedRequest) -> None:
+        """Queue one request given in columns (cheapest on the request path); returns at once, never raises."""
+        self._enqueue(request)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        try:
+            n_rows = _entry_rows(entry)
+            if n_rows == 0:
+                return
+            reason = ""
+            with self._lock:
+                self.rows_recorded += n_rows
+                if self._closed:
+                    self.rows_dropped_closed += n_rows
+                    reason = "closed"
+                elif self._queued_rows + n_rows > self.max_queue_rows:
+                    self.rows_dropped_queue_full += n_rows
+                    reason = "queue_full"
+                else:
+                    self._queue.append(entry)
+                    self._queued_rows += n_rows
+                    full_batch = self._queued_rows >= self.batch_rows
+            if reason:
+                # Logged by the writer thread (or close()): request threads never log.
+                self._metrics.dropped.labels(reason=reason).inc(n_rows)
+                return
+            self._metrics.queue_rows.inc(n_rows)
+            if full_batch:
+                self._wake.set()
+        except Exception:  # the request must not fail because of its log; the writer reports the count
+            self.record_errors += 1
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write everything queued, then stop the writer; rows still queued after `timeout_s` are dropped."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        atexit.unregister(self.close)
+        self._close_deadline = time.monotonic() + timeout_s
+        self._stopping.set()
+        self._wake.set()
+        if thread is None:
+            self._run()  # never started: flush in the caller's thread
+        else:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                abandoned = self._abandon_queue()
+                _LOG.warning(
+                    "inference log %s: writer still busy after %.1f s; dropped %d queued rows",
+                    self.safe_url,
+                    timeout_s,
+                    abandoned,
+                )
+        self._report(force=True)
+        _LOG.info(
+            "inference log %s closed: %d rows recorded, %d written, %d dropped",
+            self.safe_url,
+            self.rows_recorded,
+            self.rows_written,
+            self.rows_dropped,
+        )
+
+    def _abandon_queue(self) -> int:
+        """Drop whatever is still queued (close timed out), counted as `closed`."""
+        with self._lock:
+            n_rows = sum(_entry_rows(entry) for entry in self._queue)
+            self._queue.clear()
+            self._queued_rows -= n_rows
+        self._metrics.queue_rows.dec(n_rows)
+        self._dropped(n_rows, "closed")
+        return n_rows
+
+    def _run(self) -> None:
+        """The writer: every flush interval (or when woken) write all queued rows; after close(), drain and stop."""
+        try:
+            while True:
+                pause = self._resume_at - time.monotonic()
+                if pause > 0:
+                    self._stopping.wait(pause)  # backing off a failing store; close() cuts it short
+                self._wake.wait(self.flush_interval_s)
+                self._wake.clear()
+                stopping = self._stopping.is_set()
+                try:
+                    self._drain()
+                    self._report(force=False)
+                except Exception:  # a bug here must not kill the writer and silently stop all logging
+                    _LOG.exception("inference log %s: writer error", self.safe_url)
+                if stopping:
+                    return
+        finally:
+            self._engine.dispose()
+
+    def _drain(self) -> None:
+        """Write batches until the queue is empty, or until a batch fails: then back off, leaving the rest
+        queued for when the store is back (the queue bound turns a long outage into queue_full drops).
+        While closing: try every batch once, and once close()'s deadline has passed drop them instead."""
+        while True:
+            entries, n_rows = self._take()
+            if not entries:
+                return
+            deadline = self._close_deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self._dropped(n_rows, "closed")
+                continue
+            written = self._write(entries, n_rows)
+            self._report(force=False)  # a busy queue never empties: report during the drain too
+            if not written and self._failed_batches and deadline is None:
+                pause = _BACKOFF_S[min(self._failed_batches, len(_BACKOFF_S)) - 1]
+                self._resume_at = time.monotonic() + pause
+                return
+
+    def _take(self) -> tuple[list[_Entry], int]:
+        """Whole requests from the queue head, up to batch_rows rows (one request alone may exceed it)."""
+        entries: list[_Entry] = []
+        n_rows = 0
+        with self._lock:
+            while self._queue:
+                size = _entry_rows(self._queue[0])
+                if entries and n_rows + size > self.batch_rows:
+                    break
+                entries.append(self._queue.popleft())
+                n_rows += size
+            self._queued_rows -= n_rows
+        if n_rows:
+            self._metrics.queue_rows.dec(n_rows)
+        return entries, n_rows
+
+    def _retry_delays(self) -> tuple[float, ...]:
+        """Retry delays for the next batch: none while the store is known to be failing (one attempt per batch)."""
+        if self._failed_batches:
+            return ()
+        deadline = self._close_deadline
+        if deadline is not None and time.monotonic() + sum(_RETRY_DELAYS_S) >= deadline:
+            return ()  # closing, and no time left to wait
+        return _RETRY_DELAYS_S
+
+    def _write(self, entries: list[_Entry], n_rows: int) -> bool:
+        """Insert one batch in one transaction, retrying transient errors; count it written or dropped."""
+        params: list[dict[str, Any]] | None = None
+        for delay in (*self._retry_delays(), None):
+            try:
+                self._ensure_table()
+                with self._engine.begin() as connection:
+                    if params is None:  # built once connected, so a dead database costs no row work
+                        params = _insert_params(entries)
+                    connection.execute(self._insert, params)
+            except Exception as error:
+                self._table_ready = False
+                transient = _is_transient(error)
+                if delay is not None and transient:
+                    time.sleep(delay)
+                    continue
+                # Only the store failing counts towards the back-off; a batch the database refuses does not.
+                self._failed_batches = self._failed_batches + 1 if transient else 0
+                self.last_error = _describe(error, self._url.password)
+                self._dropped(n_rows, "write_failed")
+                return False
+            self._failed_batches = 0
+            with self._lock:
+                self.rows_written += n_rows
+            self._metrics.written.inc(n_rows)
+            return True
+        return False  # unreachable: the last attempt either returns True or drops the batch
+
+    def _ensure_table(self) -> None:
+        """Create the table once per engine; another worker creating it at the same moment is fine."""
+        if self._table_ready:
+            return
+        database = _sqlite_file(self._url)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._engine.begin() as connection:
+                self.table.create(connection, checkfirst=True)
+        except DBAPIError:
+            with self._engine.connect() as connection:
+                if not inspect(connection).has_table(self.table.name):
+                    raise
+        self._table_ready = True
+
+    def _dropped(self, n_rows: int, reason: str) -> None:
+        """Count rows the writer dropped after taking them off the queue."""
+        if not n_rows:
+            return
+        with self._lock:
+            if reason == "write_failed":
+                self.rows_dropped_write_failed += n_rows
+            else:
+                self.rows_dropped_closed += n_rows
+        self._metrics.dropped.labels(reason=reason).inc(n_rows)
+
+    def _drop_totals(self) -> dict[str, int]:
+        return {
+            "queue_full": self.rows_dropped_queue_full,
+            "write_failed": self.rows_dropped_write_failed,
+            "closed": self.rows_dropped_closed,
+            "record_errors": self.record_errors,
+        }
+
+    def _report(self, *, force: bool) -> None:
+        """Warn about drops since the last warning, at most once per warn_interval_s unless forced."""
+        now = time.monotonic()
+        with self._lock:
+            totals = self._drop_totals()
+            pending = {key: totals[key] - self._reported.get(key, 0) for key in totals}
+            pending = {key: n for key, n in pending.items() if n}
+            if not pending or (not force and now - self._last_warning < self.warn_interval_s):
+                return
+            self._reported = totals
+            self._last_warning = now
+        _LOG.warning(
+            "inference log %s table %s: dropped %d rows since the last report (%s); last write error: %s; "
+            "totals: %d rows written, %d dropped",
+            self.safe_url,
+            self.table.name,
+            sum(n for key, n in pending.items() if key != "record_errors"),
+            ", ".join(f"{key}={n}" for key, n in pending.items()),
+            self.last_error or "none",
+            self.rows_written,
+            self.rows_dropped,
+        )
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Errors of the store rather than of the rows: locked SQLite, lost or refused connections, file system."""
+    if isinstance(error, OperationalError | InterfaceError | OSError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def _window_query(table: Table, since: datetime, until: datetime | None, model_version: str | None) -> Any:
+    query = select(
+        table.c.features,
+        table.c.prediction,
+        table.c.ts,
+        table.c.model_version,
+        table.c.request_id,
+        table.c.latency_ms,
+    ).where(table.c.ts >= _as_utc(since))
+    if until is not None:
+        query = query.where(table.c.ts < _as_utc(until))
+    if model_version is not None:
+        query = query.where(table.c.model_version == model_version)
+    return query.order_by(table.c.ts, table.c.id)
+
+
+def _fetch(url: str, query_for: Callable[[Table], Any], table: str) -> list[Any]:
+    """The rows of the query over the log table; a missing database or table is an InferenceLogError."""
+    parsed = make_url(url)
+    database = _sqlite_file(parsed)
+    if database is not None and not database.exists():
+        # Connecting would create an empty file and hide the misconfiguration.
+        raise InferenceLogError(f"no inference log database at {database}")
+    engine = create_log_engine(parsed, writer=False)
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table(table):
+                raise InferenceLogError(f"no table {table!r} in {safe_url(parsed)}: nothing was logged there yet")
+            return list(connection.execute(query_for(inference_log_table(MetaData(), table))))
+    finally:
+        engine.dispose()
+
+
+def _iter_features(rows: Sequence[Any]) -> Iterator[Mapping[str, Any]]:
+    for row in rows:
+        yield row.features or {}
+
+
+def read_window(
+    url: str,
+    since: datetime,
+    until: datetime | None = None,
+    model_version: str | None = None,
+    table: str = "inference_log",
+) -> pd.DataFrame:
+    """Logged rows with since <= ts < until: one column per feature, then prediction, ts (UTC), model_version,
+    request_id, latency_ms; ordered by time. Naive datetimes are taken as UTC."""
+    import pandas as pd  # here, not at import: the service does not need pandas to write
+
+    rows = _fetch(url, lambda t: _window_query(t, since, until, model_version), table)
+    features = pd.DataFrame.from_records(list(_iter_features(rows)))
+    clashes = sorted(set(features.columns) & set(META_COLUMNS))
+    if clashes:
+        raise InferenceLogError(f"features {clashes} have the names of inference log columns {list(META_COLUMNS)}")
+    meta = pd.DataFrame(
+        {
+            "prediction": pd.Series([row.prediction for row in rows], dtype=object),
+            "ts": pd.to_datetime([row.ts for row in rows], utc=True),
+            "model_version": pd.Series([row.model_version for row in rows], dtype=object),
+            "request_id": pd.Series([row.request_id for row in rows], dtype=object),
+            "latency_ms": pd.Series([row.latency_ms for row in rows], dtype="float64"),
+        }
+    )
+    return pd.concat([features, meta], axis=1)

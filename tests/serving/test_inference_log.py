@@ -1,0 +1,621 @@
+"""The inference log writer and reader, against a real SQLite file and the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import resource
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from serving.inference_log import (
+    InferenceLog,
+    InferenceLogError,
+    LoggedRequest,
+    LoggedRow,
+    read_window,
+    sqlite_url,
+)
+from serving.options import OptionsError
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_USERS = ("postgres", "root")
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture
+def metrics() -> CollectorRegistry:
+    """A fresh Prometheus registry, so counts start at zero in every test."""
+    return CollectorRegistry()
+
+
+@pytest.fixture(scope="module")
+def pg_base_url() -> str:
+    """The URL of the local PostgreSQL `test` database (trust auth), or skip when it is unreachable."""
+    errors = []
+    for user in PG_USERS:
+        url = f"postgresql+psycopg2://{user}@127.0.0.1:5432/test"
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return url
+        except OperationalError as error:
+            errors.append(f"{user}: {str(error.orig).strip()}")
+        finally:
+            engine.dispose()
+    pytest.skip(f"PostgreSQL at 127.0.0.1:5432 database 'test' unreachable ({'; '.join(errors)})")
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> tuple[str, str]:
+    """A SQLite file that does not exist yet (the writer creates it) and a table name."""
+    return sqlite_url(tmp_path / "logs" / "inference_log.db"), "inference_log"
+
+
+@pytest.fixture
+def pg_store(pg_base_url: str) -> Iterator[tuple[str, str]]:
+    """The local PostgreSQL and a table name unique to this test, dropped at the end."""
+    table = f"il_{uuid.uuid4().hex[:12]}"
+    yield pg_base_url, table
+    engine = create_engine(pg_base_url)
+    with engine.begin() as connection:
+        connection.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Each real backend in turn: (url, table)."""
+    return request.getfixturevalue(f"{'sqlite' if request.param == 'sqlite' else 'pg'}_store")
+
+
+def request_rows(request_id: str, n: int, model_version: str = "3", ts: datetime | None = None) -> list[LoggedRow]:
+    """One request's rows with two features and classifier outputs."""
+    return [
+        LoggedRow(
+            request_id=request_id,
+            model_name="churn",
+            model_version=model_version,
+            row_index=i,
+            features={"tenure": float(i), "plan": "pro" if i % 2 else "basic"},
+            prediction=i % 2,
+            latency_ms=1.5,
+            probabilities=[0.25, 0.75],
+            ts=ts or datetime.now(UTC),
+        )
+        for i in range(n)
+    ]
+
+
+def count_rows(url: str, table: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text(f'SELECT COUNT(*) FROM "{table}"')).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float
+    preempted: bool  # the OS took the CPU away during the call (involuntary context switch)
+
+
+def timed_record(log: InferenceLog, rows: list[LoggedRow]) -> Timing:
+    """How long one record() call took, with the cyclic GC paused for the call.
+
+    Two pauses are not record()'s and would land on whatever code runs at that moment, so they are kept out:
+    a full GC stops every thread for as long as the heap takes to scan (about 10 ms in a pytest process),
+    and on a loaded machine the OS scheduler preempts threads for a few ms. Waiting for a lock or for the
+    GIL is a voluntary switch, so it still counts.
+    """
+    gc.disable()
+    try:
+        switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+        started = time.perf_counter()
+        log.record(rows)
+        seconds = time.perf_counter() - started
+        return Timing(seconds, resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw != switches)
+    finally:
+        gc.enable()
+
+
+def assert_fast(timings: list[Timing], limit_s: float = 0.005) -> None:
+    """Every call not preempted by the OS took less than limit_s, and preemption was rare."""
+    slow = [t.seconds for t in timings if t.seconds >= limit_s and not t.preempted]
+    assert not slow, f"record() took {max(slow) * 1e3:.1f} ms"
+    assert sum(t.preempted for t in timings) <= len(timings) // 10
+
+
+def describe(timings: list[Timing]) -> str:
+    seconds = sorted(t.seconds for t in timings)
+    p50, p99 = seconds[len(seconds) // 2], seconds[len(seconds) * 99 // 100]
+    clean = max(t.seconds for t in timings if not t.preempted)
+    return (
+        f"record() p50 {p50 * 1e6:.0f} us, p99 {p99 * 1e6:.0f} us, "
+        f"max {seconds[-1] * 1e6:.0f} us (max not preempted {clean * 1e6:.0f} us, "
+        f"{sum(t.preempted for t in timings)} calls preempted by the OS)"
+    )
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "slipway.inference_log" and r.levelno == logging.WARNING]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def test_every_recorded_row_is_written_after_close(
+    store: tuple[str, str], metrics: CollectorRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given 4 request threads recording 20,000 rows, when the log is closed, then the table holds all of them."""
+    url, table = store
+    threads, requests_per_thread, rows_per_request = 4, 500, 10
+    log = InferenceLog(url, table=table, registry=metrics).start()
+
+    def serve(worker: int) -> None:
+        for i in range(requests_per_thread):
+            log.record(request_rows(f"w{worker}-{i}", rows_per_request))
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=serve, args=(w,)) for w in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    log.close(timeout_s=60)
+    elapsed = time.perf_counter() - started
+
+    expected = threads * requests_per_thread * rows_per_request
+    assert (log.rows_recorded, log.rows_written, log.rows_dropped) == (expected, expected, 0)
+    assert count_rows(url, table) == expected
+    assert sample(metrics, "slipway_inference_log_rows_written_total") == expected
+    assert sample(metrics, "slipway_inference_log_queue_rows") == 0
+    with capsys.disabled():
+        backend = url.split(":")[0]
+        print(f"\n[inference log] {backend}: {expected} rows in {elapsed:.2f} s = {expected / elapsed:,.0f} rows/s")
+
+
+def test_columnar_requests_are_expanded_to_rows(sqlite_store: tuple[str, str], metrics: CollectorRegistry) -> None:
+    """Given a request recorded in columns, then one row per prediction is written with its own features."""
+    url, table = sqlite_store
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record_request(
+            LoggedRequest(
+                request_id="req-1",
+                model_name="churn",
+                model_version="3",
+                features={"tenure": [1.0, 2.0, 3.0], "plan": ["pro", "basic", "pro"]},
+                predictions=[1, 0, 1],
+                latency_ms=2.0,
+                probabilities=[[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]],
+                ts=T0,
+            )
+        )
+    frame = read_window(url, since=T0, table=table)
+    assert frame[["tenure", "plan", "prediction"]].values.tolist() == [
+        [1.0, "pro", 1],
+        [2.0, "basic", 0],
+        [3.0, "pro", 1],
+    ]
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        stored = connection.execute(text(f"SELECT row_index, probabilities FROM {table} ORDER BY id")).all()
+    engine.dispose()
+    assert [(i, json.loads(p)) for i, p in stored] == [(0, [0.1, 0.9]), (1, [0.8, 0.2]), (2, [0.3, 0.7])]
+
+
+def test_a_writer_locked_out_by_another_connection_waits_and_loses_nothing(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given another connection holding SQLite's write lock for 1 s, then record() stays fast and no row is lost."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, batch_rows=50, flush_interval_s=0.01, registry=metrics).start()
+    log.record(request_rows("warm-up", 5))
+    deadline = time.monotonic() + 10
+    while log.rows_written < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blocker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock, as another worker's long transaction would hold it
+    durations = []
+    try:
+        for i in range(100):
+            durations.append(timed_record(log, request_rows(f"locked-{i}", 10)))
+            time.sleep(0.01)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    log.close(timeout_s=30)
+
+    assert_fast(durations)
+    assert (log.rows_written, log.rows_dropped) == (1005, 0)
+    assert count_rows(url, table) == 1005
+
+
+# ---------------------------------------------------------------- an unavailable store
+
+
+@pytest.fixture(params=["postgresql-closed-port", "sqlite-unwritable-path"])
+def dead_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that cannot be written: PostgreSQL on a closed port, or SQLite under a regular file."""
+    if request.param == "postgresql-closed-port":
+        return f"postgresql+psycopg2://slipway@127.0.0.1:{closed_port()}/test"
+    (tmp_path / "not-a-directory").write_text("")
+    return sqlite_url(tmp_path / "not-a-directory" / "inference_log.db")
+
+
+def test_unavailable_store_drops_and_counts_rows_without_slowing_requests(
+    dead_url: str, metrics: CollectorRegistry, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given a store that cannot be reached, then record() stays under 5 ms, raises nothing, and every row is
+    counted as dropped with one rate-limited warning (plus the close() summary), not one per batch."""
+    caplog.set_level(logging.INFO, logger="slipway.inference_log")
+    log = InferenceLog(dead_url, batch_rows=100, flush_interval_s=0.01, registry=metrics).start()
+    durations = []
+    for i in range(1000):
+        durations.append(timed_record(log, request_rows(f"r{i}", 10)))
+        if i % 50 == 0:
+            time.sleep(0.01)  # let the writer fail batches while we keep recording
+    log.close(timeout_s=30)
+
+    assert log.rows_recorded == 10_000
+    assert log.rows_written == 0
+    assert log.rows_dropped == 10_000
+    assert log.rows_dropped_write_failed > 0
+    dropped = sum(
+        sample(metrics, "slipway_inference_log_rows_dropped_total", reason=reason)
+        for reason in ("queue_full", "write_failed", "closed")
+    )
+    assert dropped == 10_000
+    warnings = warnings_of(caplog)
+    assert 1 <= len(warnings) <= 2, [w.getMessage() for w in warnings]
+    assert "dropped" in warnings[0].getMessage() and "write_failed=" in warnings[0].getMessage()
+    assert "10000 dropped" in warnings[-1].getMessage()
+    assert log.last_error is not None
+    assert_fast(durations)
+    with capsys.disabled():
+        print(f"\n[inference log] dead store {dead_url.split(':')[0]}: {describe(durations)}; error: {log.last_error}")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_rows_queued_while_the_store_is_down_are_written_when_it_is_back(
+    tmp_path: Path, metrics: CollectorRegistry
+) -> None:
+    """Given a store that fails one batch, when it comes back, then the failed batch is counted as lost and
+    the rows recorded during the pause are written, without waiting for close()."""
+    blocker = tmp_path / "logs"
+    blocker.write_text("")  # a file where the database's directory should be
+    log = InferenceLog(sqlite_url(blocker / "inference_log.db"), flush_interval_s=0.01, registry=metrics).start()
+    log.record(request_rows("lost", 5))
+    assert wait_until(lambda: log.rows_dropped_write_failed == 5)
+    log.record(request_rows("kept", 20))  # the writer is pausing: these wait in the queue
+    blocker.unlink()
+
+    assert wait_until(lambda: log.rows_written == 20)
+    log.close()
+    assert (log.rows_written, log.rows_dropped_write_failed, log.rows_dropped) == (20, 5, 5)
+    assert count_rows(sqlite_url(blocker / "inference_log.db"), "inference_log") == 20
+
+
+def test_a_bad_batch_is_dropped_alone(sqlite_store: tuple[str, str], metrics: CollectorRegistry) -> None:
+    """Given one request whose rows cannot be stored, then only its batch is lost (counted, with the error)
+    and the requests around it are written."""
+    url, table = sqlite_store
+    bad = [replace(row, latency_ms="fast") for row in request_rows("bad", 5)]  # type: ignore[arg-type]
+    with InferenceLog(url, table=table, batch_rows=5, registry=metrics) as log:
+        log.record(request_rows("before", 5))
+        log.record(bad)
+        log.record(request_rows("after", 5))
+    assert (log.rows_written, log.rows_dropped_write_failed) == (10, 5)
+    assert log.last_error is not None and "ValueError" in log.last_error
+    assert read_window(url, since=T0, table=table)["request_id"].unique().tolist() == ["before", "after"]
+
+
+def test_password_never_appears_in_logs(
+    pg_base_url: str, metrics: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given URLs carrying a password (a working one and a dead one), then no log line and no repr shows it."""
+    caplog.set_level(logging.DEBUG)
+    password = "s3cr3t-Pw-1234"  # trust auth ignores it, so the working URL still connects
+    working = pg_base_url.replace("@", f":{password}@")
+    dead = f"postgresql+psycopg2://slipway:{password}@127.0.0.1:{closed_port()}/test"
+    table = f"il_{uuid.uuid4().hex[:12]}"
+    try:
+        for url in (working, dead):
+            log = InferenceLog(url, table=table, registry=CollectorRegistry()).start()
+            log.record(request_rows("r", 3))
+            log.close(timeout_s=20)
+            assert password not in repr(log)
+    finally:
+        engine = create_engine(pg_base_url)
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
+        engine.dispose()
+    assert "***" in caplog.text
+    assert password not in caplog.text
+
+
+# ---------------------------------------------------------------- queue bounds, lifecycle, metrics
+
+
+def test_queue_full_drops_are_counted_and_reported(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a queue of 100 rows and no writer yet, when 150 rows arrive, then 50 are dropped as queue_full,
+    counted, reported at close, and the 100 queued rows are still written."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, max_queue_rows=100, registry=metrics)  # not started: nothing drains
+    for i in range(15):
+        log.record(request_rows(f"r{i}", 10))
+    assert (log.queue_rows, log.rows_dropped_queue_full) == (100, 50)
+    assert sample(metrics, "slipway_inference_log_rows_dropped_total", reason="queue_full") == 50
+    assert sample(metrics, "slipway_inference_log_queue_rows") == 100
+
+    log.close()
+
+    assert (log.rows_written, count_rows(url, table)) == (100, 100)
+    assert sample(metrics, "slipway_inference_log_queue_rows") == 0
+    assert any("queue_full=50" in w.getMessage() for w in warnings_of(caplog))
+
+
+def test_close_is_idempotent_and_later_records_are_counted(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a closed log, then closing again is harmless, start() refuses, and late rows are counted as closed."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, registry=metrics)
+    with log:
+        log.record(request_rows("r", 4))
+    log.close()
+    log.record(request_rows("late", 3))
+    assert (log.rows_written, log.rows_dropped_closed) == (4, 3)
+    assert sample(metrics, "slipway_inference_log_rows_dropped_total", reason="closed") == 3
+    with pytest.raises(RuntimeError, match="closed"):
+        log.start()
+
+
+def test_two_instances_in_one_process_share_the_metrics(tmp_path: Path) -> None:
+    """Given two logs on the default registry (as in a worker), then neither raises and both counts add up."""
+    before = sample(REGISTRY, "slipway_inference_log_rows_written_total")
+    first = InferenceLog(sqlite_url(tmp_path / "a.db"))
+    second = InferenceLog(sqlite_url(tmp_path / "b.db"))
+    with first, second:
+        first.record(request_rows("a", 2))
+        second.record(request_rows("b", 5))
+    assert (first.rows_written, second.rows_written) == (2, 5)
+    assert sample(REGISTRY, "slipway_inference_log_rows_written_total") - before == 7
+
+
+MULTIPROCESS_SCRIPT = """
+import json, sys
+from prometheus_client import CollectorRegistry, multiprocess
+from serving.inference_log import InferenceLog, LoggedRow, sqlite_url
+first = InferenceLog(sqlite_url(sys.argv[1] + "/a.db")).start()
+second = InferenceLog(sqlite_url(sys.argv[1] + "/b.db")).start()
+row = LoggedRow("r", "m", "1", 0, {"x": 1.0}, 1, 0.1)
+first.record([row] * 30)
+second.record([row] * 12)
+first.close()
+second.close()
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+print(json.dumps({"written": registry.get_sample_value("slipway_inference_log_rows_written_total")}))
+"""
+
+
+def test_metrics_add_up_in_prometheus_multiprocess_mode(tmp_path: Path) -> None:
+    """Given PROMETHEUS_MULTIPROC_DIR (as BentoML sets in workers) and two logs in one process, then the
+    aggregated counter is the sum of both (no instance overwrites the other's value in the mmap file)."""
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"written": 42.0}
+
+
+WORKER_SCRIPT = """
+import json, sys
+from serving.inference_log import InferenceLog, LoggedRow
+url, worker, requests = sys.argv[1], sys.argv[2], int(sys.argv[3])
+log = InferenceLog(url, batch_rows=50, flush_interval_s=0.005).start()
+for i in range(requests):
+    log.record([LoggedRow(f"{worker}-{i}", "m", "1", j, {"x": float(j)}, j, 0.1) for j in range(10)])
+log.close(timeout_s=60)
+print(json.dumps({"written": log.rows_written, "dropped": log.rows_dropped, "error": log.last_error}))
+"""
+
+
+def test_worker_processes_share_one_sqlite_file_while_monitoring_reads(tmp_path: Path) -> None:
+    """Given 3 worker processes writing small batches to one SQLite file and a reader polling it, then every
+    row lands (WAL, busy timeout and retry absorb the write-lock contention) and the reader is never blocked."""
+    url = sqlite_url(tmp_path / "shared.db")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER_SCRIPT, url, f"w{w}", "400"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(3)
+    ]
+    reads = []
+    deadline = time.monotonic() + 90
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        try:
+            started = time.perf_counter()
+            frame = read_window(url, since=T0 - timedelta(days=365 * 100))
+            reads.append((time.perf_counter() - started, len(frame)))
+        except InferenceLogError:  # no worker has created the table yet
+            pass
+        time.sleep(0.05)
+    outputs = [w.communicate(timeout=max(1.0, deadline - time.monotonic())) for w in workers]
+
+    for worker, (stdout, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr
+        assert json.loads(stdout.splitlines()[-1]) == {"written": 4000, "dropped": 0, "error": None}
+    assert count_rows(url, "inference_log") == 12_000
+    assert reads, "the reader never saw the table"
+    assert all(n_rows <= 12_000 for _, n_rows in reads)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_read_window_returns_one_column_per_feature_and_filters(
+    store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given rows of two model versions over three hours (one feature NaN, one feature missing), then
+    read_window returns the rows inside [since, until) of the asked version, features as columns, ts in UTC."""
+    url, table = store
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record(request_rows("early", 2, ts=T0 - timedelta(hours=1)))
+        log.record(request_rows("v3", 2, ts=T0 + timedelta(minutes=5)))
+        log.record(request_rows("v4", 1, model_version="4", ts=T0 + timedelta(minutes=6)))
+        log.record(
+            [
+                LoggedRow("odd", "churn", "3", 0, {"tenure": math.nan}, "yes", 4.0, None, T0 + timedelta(minutes=7)),
+                LoggedRow("odd", "churn", "3", 1, {"plan": "pro"}, "no", 4.0, None, T0 + timedelta(minutes=7)),
+            ]
+        )
+        log.record(request_rows("late", 2, ts=T0 + timedelta(hours=1)))
+
+    frame = read_window(url, since=T0, until=T0 + timedelta(hours=1), model_version="3", table=table)
+
+    assert list(frame.columns) == ["tenure", "plan", "prediction", "ts", "model_version", "request_id", "latency_ms"]
+    assert frame["request_id"].tolist() == ["v3", "v3", "odd", "odd"]
+    assert frame["prediction"].tolist() == [0, 1, "yes", "no"]
+    assert frame["plan"].tolist()[:2] == ["basic", "pro"]
+    assert frame["tenure"].isna().tolist() == [False, False, True, True]  # NaN stored as null, missing as NaN
+    assert str(frame["ts"].dt.tz) == "UTC"
+    assert frame["ts"].iloc[0] == T0 + timedelta(minutes=5)
+    assert frame["latency_ms"].tolist() == [1.5, 1.5, 4.0, 4.0]
+
+    # Same instant in another offset, and naive taken as UTC.
+    eastern = timezone(timedelta(hours=-5))
+    assert len(read_window(url, since=T0.astimezone(eastern), table=table)) == 7
+    assert len(read_window(url, since=T0.replace(tzinfo=None), until=T0 + timedelta(minutes=6), table=table)) == 2
+
+
+def test_read_window_names_what_is_missing(tmp_path: Path, sqlite_store: tuple[str, str]) -> None:
+    """Given no database file, or a database without the table, then read_window says so (and creates nothing)."""
+    missing = tmp_path / "nowhere.db"
+    with pytest.raises(InferenceLogError, match="no inference log database"):
+        read_window(sqlite_url(missing), since=T0)
+    assert not missing.exists()
+    sqlite3.connect(tmp_path / "empty.db").close()
+    with pytest.raises(InferenceLogError, match="no table 'inference_log'"):
+        read_window(sqlite_url(tmp_path / "empty.db"), since=T0)
+
+
+def test_empty_window_has_the_metadata_columns(sqlite_store: tuple[str, str], metrics: CollectorRegistry) -> None:
+    """Given no row in the window, then the frame is empty but still has the metadata columns."""
+    url, table = sqlite_store
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record(request_rows("r", 1, ts=T0))
+    frame = read_window(url, since=T0 + timedelta(days=1), table=table)
+    assert frame.empty
+    assert list(frame.columns) == ["prediction", "ts", "model_version", "request_id", "latency_ms"]
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_from_env_is_disabled_without_a_url(metrics: CollectorRegistry) -> None:
+    """Given no SLIPWAY_INFERENCE_LOG_URL (or an empty one), then there is no log."""
+    assert InferenceLog.from_env({}, registry=metrics) is None
+    assert InferenceLog.from_env({"SLIPWAY_INFERENCE_LOG_URL": "  "}, registry=metrics) is None
+
+
+def test_from_env_reads_the_batch_knobs(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given the URL and the batch knobs, then the log is built with them (and not started)."""
+    log = InferenceLog.from_env(
+        {
+            "SLIPWAY_INFERENCE_LOG_URL": sqlite_url(tmp_path / "x.db"),
+            "SLIPWAY_INFERENCE_LOG_BATCH_ROWS": "64",
+            "SLIPWAY_INFERENCE_LOG_FLUSH_S": "0.25",
+        },
+        registry=metrics,
+    )
+    assert log is not None
+    assert (log.batch_rows, log.flush_interval_s, log.table.name) == (64, 0.25, "inference_log")
+    log.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SLIPWAY_INFERENCE_LOG_BATCH_ROWS", "many"),
+        ("SLIPWAY_INFERENCE_LOG_BATCH_ROWS", "0"),
+        ("SLIPWAY_INFERENCE_LOG_BATCH_ROWS", "1.5"),
+        ("SLIPWAY_INFERENCE_LOG_FLUSH_S", "-1"),
+        ("SLIPWAY_INFERENCE_LOG_FLUSH_S", "nan"),
+    ],
+)
+def test_from_env_names_a_bad_knob(name: str, value: str, tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given a bad batch knob, then the error names the variable."""
+    environ = {"SLIPWAY_INFERENCE_LOG_URL": sqlite_url(tmp_path / "x.db"), name: value}
+    with pytest.raises(OptionsError, match=name):
+        InferenceLog.from_env(environ, registry=metrics)
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "postgresql+psycopg2://u:Hunter22@host:port/db", "nosuchdb://u:Hunter22@host/db"]
+)
+def test_from_env_names_a_bad_url_without_its_password(url: str, metrics: CollectorRegistry) -> None:
+    """Given an unusable URL, then the error names the variable and does not echo the password."""
+    with pytest.raises(OptionsError, match="SLIPWAY_INFERENCE_LOG_URL") as raised:
+        InferenceLog.from_env({"SLIPWAY_INFERENCE_LOG_URL": url}, registry=metrics)
+    assert "Hunter22" not in str(raised.value)
+
+
+def test_a_bad_table_name_is_refused(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given a table name that is not a plain identifier, then construction fails naming it."""
+    with pytest.raises(ValueError, match="drop table"):
+        InferenceLog(sqlite_url(tmp_path / "x.db"), table="drop table", registry=metrics)
