@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.features import feeds_from_columns
+from serving.features import feeds_from_columns, onnx_input_type
 from serving.schema import PredictResponse, RequestBase, label_type, request_columns
 from serving.spec import ModelIntegrityError, ServingSpec, verify_model_file
 
@@ -51,6 +51,14 @@ def check_session(session: ort.InferenceSession, spec: ServingSpec) -> None:
         problems.append(
             f"ONNX inputs {sorted(inputs)} differ from the descriptor features: "
             f"missing {sorted(features - inputs)}, unexpected {sorted(inputs - features)}"
+        )
+    expected = {f.name: onnx_input_type(f.dtype) for f in spec.features}
+    mistyped = {i.name: i.type for i in session.get_inputs() if expected.get(i.name, i.type) != i.type}
+    if mistyped:
+        # e.g. a model converted for float32 feeds: every request would fail inside ONNX Runtime.
+        problems.append(
+            f"ONNX inputs {mistyped} do not take the feeds this service sends (numbers as tensor(double), "
+            "categories as tensor(string)); convert the model again"
         )
     missing_outputs = {spec.label_output, spec.score_output} - outputs
     if missing_outputs:

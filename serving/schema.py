@@ -8,6 +8,7 @@ Python attribute names are positional (`f0`, `f1`...) so a feature may be called
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from typing import Annotated, Any
 
@@ -15,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from serving.spec import ServingSpec
 
-# Numbers are fed to ONNX as float32: a finite float64 beyond this would become inf inside the model.
-FLOAT32_MAX = 3.4028234663852886e38
+# Numbers are fed to ONNX as float64 (serving/features.py): every finite JSON number is fed as it is sent;
+# an integer beyond the largest double could not be converted at all.
+FLOAT64_MAX = sys.float_info.max
 
 _VALUE_TYPES: dict[str, Any] = {
-    "float": Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)],
-    "int": Annotated[int, Field(strict=True, ge=-int(FLOAT32_MAX), le=int(FLOAT32_MAX))],
+    "float": Annotated[float, Field(strict=True, allow_inf_nan=False)],
+    "int": Annotated[int, Field(strict=True, ge=-int(FLOAT64_MAX), le=int(FLOAT64_MAX))],
     "bool": Annotated[bool, Field(strict=True)],
     "string": Annotated[str, Field(strict=True)],
 }

@@ -6,13 +6,13 @@ kind of bad input gets a 4xx naming the field (never a 5xx) and stays out of the
 lists the real feature names; a tampered model stops the server at start-up.
 
 The ONNX conversion is done here with skl2onnx (one input per feature, no ZipMap, outputs `label` and
-`probabilities`) so these tests do not depend on tasks.convert.
+`probabilities`; numeric inputs declared double as the feeds send them, and cast to the float the skl2onnx graph
+was built for) so these tests do not depend on tasks.convert.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -76,7 +76,8 @@ def example_schema(frame: pd.DataFrame, target: str) -> ModelSchema:
 
 
 def convert_example(model: object, schema: ModelSchema, path: Path) -> None:
-    """skl2onnx with the feed convention of serving/features.py: one [rows, 1] input per feature."""
+    """skl2onnx with the feed convention of serving/features.py: one [rows, 1] input per feature, numbers double."""
+    from onnx import TensorProto, helper
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
@@ -93,6 +94,19 @@ def convert_example(model: object, schema: ModelSchema, path: Path) -> None:
     )
     names = {o.name for o in onx.graph.output}
     assert names == {"label", "probabilities"}, f"unexpected ONNX outputs {names}"
+    # skl2onnx's double version of this pipeline does not load in ONNX Runtime (its tree op's output type), so the
+    # float graph gets double inputs, each cast to float in front of the nodes that read it.
+    casts = []
+    for value in onx.graph.input:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+            as_float = f"{value.name}__as_float"
+            for node in onx.graph.node:
+                node.input[:] = [as_float if name == value.name else name for name in node.input]
+            casts.append(helper.make_node("Cast", [value.name], [as_float], to=TensorProto.FLOAT))
+    nodes = [*casts, *onx.graph.node]
+    del onx.graph.node[:]
+    onx.graph.node.extend(nodes)
     path.write_bytes(onx.SerializeToString())
 
 
@@ -131,7 +145,7 @@ def built_bento(example_model: ExampleModel, tmp_path_factory: pytest.TempPathFa
         bentoml_home=home,
     )
     started = time.perf_counter()
-    ref = build_bento.fn(tag, "breast-cancer", home, tmp_path_factory.mktemp("bento-work"))
+    ref = build_bento.fn(tag, "breast-cancer", home)
     return BuiltBento(ref=ref, home=home, build_seconds=time.perf_counter() - started)
 
 
@@ -291,7 +305,7 @@ def test_saving_and_building_again_reuse_what_exists(built_bento: BuiltBento, ex
         MODEL_VERSION,
         built_bento.home,
     )
-    ref = build_bento.fn(tag, "Breast Cancer", built_bento.home, tmp_path)  # normalized to breast-cancer
+    ref = build_bento.fn(tag, "Breast Cancer", built_bento.home)  # normalized to breast-cancer
     # Then nothing is rebuilt: same tags, no BentoML process started
     assert (tag, ref) == (built_bento.ref.model_tag, built_bento.ref)
     assert time.perf_counter() - started < 1.0
@@ -365,7 +379,7 @@ def _bad_bodies(example: ExampleModel) -> dict[str, tuple[str, str]]:
         "unknown field": (with_row(patient_name="x"), "patient_name"),
         "NaN": (with_row(mean_area=_MARK).replace(f'"{_MARK}"', "NaN"), "mean_area"),
         "Infinity": (with_row(mean_area=_MARK).replace(f'"{_MARK}"', "-Infinity"), "mean_area"),
-        "overflows float32": (with_row(mean_area=1e39), "mean_area"),
+        "beyond float64": (with_row(mean_area=_MARK).replace(f'"{_MARK}"', "1e400"), "mean_area"),
         "empty records": (json.dumps({"records": []}), "records"),
         "records over max rows": (json.dumps({"records": [good] * (MAX_BATCH_ROWS + 1)}), "records"),
         "columns over max rows": (json.dumps({"columns": too_many}), "columns"),
@@ -380,7 +394,7 @@ _DROP = object()
 _MARK = "__not_a_number__"  # replaced by a bare NaN/Infinity token, which json.dumps cannot write
 _BAD_CASES = [
     "missing field", "number field given text", "text field given a number", "null value", "unknown field",
-    "NaN", "Infinity", "overflows float32", "empty records", "records over max rows", "columns over max rows",
+    "NaN", "Infinity", "beyond float64", "empty records", "records over max rows", "columns over max rows",
     "columns of different lengths", "neither records nor columns", "both records and columns", "not JSON",
 ]  # fmt: skip
 
@@ -394,6 +408,23 @@ def test_bad_input_gets_4xx_naming_the_field(server: RunningServer, example_mode
     # Then the server refuses it as the caller's fault and says which field is wrong
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     assert field in response.text, response.text
+
+
+def test_finite_values_beyond_float32_are_answered(server: RunningServer, example_model: ExampleModel):
+    # Given rows with finite doubles far beyond float32's range (numbers are fed to ONNX as float64)
+    rows = records_of(example_model, 3)
+    for row, value in zip(rows, (1e300, -1e300, 1e39), strict=True):
+        row["mean_area"] = value
+    # When they are posted
+    response = post_predict(server, {"records": rows})
+    # Then they are answered, not refused and not a 5xx, with what in-process ONNX Runtime answers
+    assert response.status_code == 200, response.text
+    session = ort.InferenceSession(str(example_model.onnx_path), providers=["CPUExecutionProvider"])
+    features = [(f.name, f.dtype) for f in example_model.schema.features]
+    columns = {name: [row[name] for row in rows] for name in example_model.schema.feature_names}
+    labels, probabilities = session.run(["label", "probabilities"], feeds_from_columns(features, columns))
+    assert response.json()["predictions"] == labels.reshape(-1).tolist()
+    np.testing.assert_allclose(np.asarray(response.json()["probabilities"]), probabilities, rtol=0, atol=1e-6)
 
 
 def test_rejected_values_stay_out_of_the_server_log(server: RunningServer, example_model: ExampleModel):
@@ -434,7 +465,7 @@ def test_openapi_lists_the_real_feature_names_and_types(server: RunningServer, e
     assert record["additionalProperties"] is False
     assert record["properties"]["size_band"]["type"] == "string"
     assert record["properties"]["mean_radius"]["type"] == "number"
-    assert math.isclose(record["properties"]["mean_radius"]["maximum"], 3.4028234663852886e38)
+    assert "maximum" not in record["properties"]["mean_radius"]  # any finite double (fed as float64)
 
 
 # --- refusing a tampered model -----------------------------------------------------------------------------
@@ -468,19 +499,23 @@ def test_tampered_model_file_stops_the_server_at_start(built_bento: BuiltBento, 
 # --- the same plain functions in-process: a regressor with awkward feature names --------------------------
 
 
-def _tiny_regressor(folder: Path) -> ServingSpec:
-    """An ONNX graph `prediction = model_config + age years + smoker` plus an unused string input."""
+def _tiny_regressor(folder: Path, number_type: int | None = None) -> ServingSpec:
+    """An ONNX graph `prediction = model_config + age years + smoker` plus an unused string input.
+
+    Numbers are tensor(double) inputs as the feed convention sends them, unless `number_type` says otherwise.
+    """
     import onnx
     from onnx import TensorProto, helper
 
-    floats = ["model_config", "age years", "smoker"]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1]) for n in floats]
+    elem = TensorProto.DOUBLE if number_type is None else number_type
+    numbers = ["model_config", "age years", "smoker"]
+    inputs = [helper.make_tensor_value_info(n, elem, [None, 1]) for n in numbers]
     inputs.append(helper.make_tensor_value_info("region", TensorProto.STRING, [None, 1]))
     nodes = [
         helper.make_node("Add", ["model_config", "age years"], ["partial"]),
         helper.make_node("Add", ["partial", "smoker"], ["prediction"]),
     ]
-    output = helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None, 1])
+    output = helper.make_tensor_value_info("prediction", elem, [None, 1])
     graph = helper.make_graph(nodes, "tiny", inputs, [output])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
@@ -540,3 +575,17 @@ def test_predictor_refuses_a_model_file_that_does_not_match_its_descriptor(tmp_p
     renamed = spec.model_copy(update={"features": spec.features[:-1]})
     with pytest.raises(ModelIntegrityError, match="region"):
         Predictor.load(tmp_path / "model", renamed)
+
+
+def test_predictor_refuses_a_model_built_for_float32_feeds(tmp_path: Path):
+    from onnx import TensorProto
+
+    from serving.predictor import Predictor
+    from serving.spec import ModelIntegrityError
+
+    # Given a model whose numeric inputs are tensor(float) (converted for the old float32 feeds)
+    spec = _tiny_regressor(tmp_path / "model", number_type=TensorProto.FLOAT)
+    # When it is loaded, then it is refused at start-up, naming the inputs and the type the service sends,
+    # instead of every request failing inside ONNX Runtime
+    with pytest.raises(ModelIntegrityError, match=r"'age years': 'tensor\(float\)'.*tensor\(double\)"):
+        Predictor.load(tmp_path / "model", spec)
