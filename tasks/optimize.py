@@ -9,8 +9,10 @@ replaces fp32-base only if its outputs still match and it is clearly faster (MIN
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,15 +149,32 @@ def time_candidate(
     run = _runner(session)
     for i in range(min(WARMUP_CALLS, single_rows)):
         run(singles[i % len(singles)])
-    single_ns = np.array([_elapsed_ns(run, singles[i % len(singles)]) for i in range(single_rows)], dtype=np.float64)
     batch_index = np.arange(batch_rows) % rows
     batch = {name: values[batch_index] for name, values in feeds.items()}
     run(batch)
-    batch_ns = np.array([_elapsed_ns(run, batch) for _ in range(BATCH_CALLS)], dtype=np.float64)
+    with _gc_paused():
+        single_ns = np.array(
+            [_elapsed_ns(run, singles[i % len(singles)]) for i in range(single_rows)], dtype=np.float64
+        )
+        batch_ns = np.array([_elapsed_ns(run, batch) for _ in range(BATCH_CALLS)], dtype=np.float64)
     p50, p99 = np.percentile(single_ns, [50, 99]) / 1e6
     return Timing(
         p50_ms=float(p50), p99_ms=float(p99), batch_rows_per_s=float(batch_rows / (np.median(batch_ns) / 1e9))
     )
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's garbage collector while timing, as timeit does: a full collection triggered by the
+    release process's own allocations stops every thread for milliseconds and is not the model's latency."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _runner(session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], Any]:

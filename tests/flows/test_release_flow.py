@@ -9,13 +9,22 @@ import json
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from tasks.errors import ConversionUnsupported, DataSourceError, GateFailed
 from tasks.registry import TAG_STATUS, read_history
 from tasks.resources import Registry
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "roomy_latency_budget")]
+
+
+@pytest.fixture
+def roomy_latency_budget(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests prove the wiring, not this machine's speed: a loaded 2-core box can push an in-process
+    p99 past the shipped 5 ms budget. The gate itself is tested in tests/unit/test_validate.py and below."""
+    monkeypatch.setenv("SLIPWAY__GATES__LATENCY__P99_MS", "100")
+
 
 CLASSIFIER = "breast-cancer-classifier"
 
@@ -81,8 +90,10 @@ def test_tampered_onnx_fails_parity(home: Path, monkeypatch: pytest.MonkeyPatch)
         model = onnx.load(result.path)
         for node in model.graph.node:
             for attr in node.attribute:
-                if attr.name in ("class_weights", "nodes_values") and attr.floats:
-                    attr.floats[:] = [w * 1.5 + 0.1 for w in attr.floats]
+                # Trees carry float64 thresholds and leaf weights as tensors (see tasks/convert.py).
+                if attr.name in ("class_weights_as_tensor", "nodes_values_as_tensor"):
+                    tampered_values = onnx.numpy_helper.to_array(attr.t) * 1.5 + 0.1
+                    attr.t.CopyFrom(onnx.numpy_helper.from_array(tampered_values, attr.t.name))
         onnx.save(model, result.path)
         return result
 
@@ -154,3 +165,14 @@ def test_regression_example_releases(home: Path) -> None:
     assert parity.measured["max_abs_diff"] <= 1e-4
     quality = next(c for c in summary.checks if c.name == "quality")
     assert quality.measured["metric"] == "rmse"
+
+
+def test_latency_budget_is_enforced_in_the_release(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a latency budget no model can meet, when the example is released, then the latency gate fails
+    # with the measured p99 and the budget, and no alias moves.
+    monkeypatch.setenv("SLIPWAY__GATES__LATENCY__P99_MS", "0.000001")
+    from flows.train import train_flow
+
+    with pytest.raises(GateFailed, match=r"\[FAIL\] latency: .*p99_ms="):
+        train_flow()
+    assert _registry(home).aliases(CLASSIFIER) == {}
