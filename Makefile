@@ -19,7 +19,8 @@ help: ## list the targets
 	$(UV) sync --frozen
 	@touch $@
 
-install: .venv/.synced ## create .venv from uv.lock (installs uv with pip if it is missing)
+install: .venv/.synced ## create .venv from uv.lock (installs uv with pip and haproxy with apt-get if missing)
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { echo "haproxy not found: installing the Debian package (slipway deploy fronts its servers with it)"; command -v apt-get >/dev/null 2>&1 || { echo "no apt-get here: install haproxy 2.6 or newer yourself to use slipway deploy"; exit 0; }; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); set -x; $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
 demo: install ## train the example model and release it end to end (embedded MLflow, ephemeral Prefect)
 	$(UV) run slipway train
@@ -35,8 +36,9 @@ lint: install ## ruff and mypy
 	$(UV) run ruff check .
 	$(UV) run mypy configs tasks flows serving
 
-bench: install ## benchmarks, printing ratios against peers measured in the same run
-	$(UV) run python -m bench
+bench: install ## serving benchmark vs MLflow serving peers, same run (~5 min on 2 cores; BENCH_ARGS="serving --help")
+	@command -v wrk >/dev/null 2>&1 || { echo "wrk not found: installing the Debian package (the benchmark's load generator)"; command -v apt-get >/dev/null 2>&1 || { echo "no apt-get here: install wrk yourself (macOS: brew install wrk)"; exit 1; }; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); set -x; $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(UV) run python -m bench $(BENCH_ARGS)
 
 clean: ## remove embedded state (.slipway/) and caches
 	rm -rf .slipway .pytest_cache .ruff_cache .mypy_cache

@@ -14,6 +14,7 @@ from rich.table import Table
 from configs import ConfigError, LoadedConfig, config_schema, load_config, process_environment
 
 if TYPE_CHECKING:
+    from tasks.deploy import DeployResult, ServingStatus
     from tasks.types import HistoryEntry, ReleaseSummary
 
 console = Console(soft_wrap=True)
@@ -222,6 +223,70 @@ def models(env: EnvOption = None, config: ConfigOption = None) -> None:
     console.print(table)
 
 
+@app.command("deploy")
+def deploy_cmd(
+    version: Annotated[
+        str | None, typer.Argument(help="Model version to serve (default: the version the champion alias points at).")
+    ] = None,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds the new server may take to answer /readyz before the deploy gives up.")
+    ] = 180.0,
+    env: EnvOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the champion's Bento (or VERSION's) on serving.host:serving.port behind HAProxy and wait until it is
+    ready. A server already running is replaced without failing a request; if the new one cannot start, the old
+    one keeps serving."""
+    loaded = _load(env, config)
+    s = loaded.settings
+    console.rule(f"[bold]slipway deploy[/] {s.model.name} {'v' + version if version else s.promotion.champion_alias}")
+    from flows.deploy import deploy as deploy_flow
+    from tasks.errors import SlipwayError
+
+    try:
+        result = deploy_flow(version=version, env=env, config_file=_opt(config), ready_timeout_s=ready_timeout)
+    except SlipwayError as exc:
+        raise _fail(exc) from None
+    _print_deploy(result)
+
+
+@app.command()
+def status(
+    env: EnvOption = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON instead of a table.")] = False,
+) -> None:
+    """Show what is serving: model version, Bento tag, URL, pids, uptime and health. Exits 0 only when the
+    server is healthy, 1 otherwise (stopped, degraded or stale)."""
+    loaded = _load(env, config)
+    from tasks.deploy import serving_status
+
+    current = serving_status(loaded.settings.home)
+    if as_json:
+        console.print(current.model_dump_json(), highlight=False, soft_wrap=True)
+    else:
+        _print_status(current)
+    if current.condition != "serving":
+        raise typer.Exit(1)
+
+
+@app.command("stop")
+def stop_cmd(env: EnvOption = None, config: ConfigOption = None) -> None:
+    """Stop serving: the front stops listening and finishes the requests in flight, then every server stops."""
+    _load(env, config)
+    from flows.deploy import stop as stop_flow
+    from tasks.errors import SlipwayError
+
+    try:
+        result = stop_flow(env=env, config_file=_opt(config))
+    except SlipwayError as exc:
+        raise _fail(exc) from None
+    if not result.stopped:
+        console.print("nothing was serving", highlight=False)
+    for line in result.stopped:
+        console.print(f"[bold]stopped[/]  {line}", highlight=False)
+
+
 def _opt(path: Path | None) -> str | None:
     return str(path) if path else None
 
@@ -267,6 +332,68 @@ def _print_release(summary: ReleaseSummary, loaded: LoadedConfig) -> None:
     console.print(
         f"[bold]{'MLflow UI':>14}[/]  mlflow ui --backend-store-uri {s.tracking_uri} --port 5000", highlight=False
     )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def _print_deploy(result: DeployResult) -> None:
+    front, backend = result.state.front, result.state.backend
+    console.rule(f"{backend.model_name} v{backend.model_version}: [bold green]serving[/]")
+    replaced = result.replaced
+    rows: list[tuple[str, Any]] = [
+        ("URL", f"{result.url}/predict  (OpenAPI: {result.url}/docs.json)"),
+        ("Bento", backend.bento_tag),
+        ("front", f"HAProxy pid {front.pid}{' (started)' if result.front_started else ' (reloaded)'}"),
+        ("server", f"bentoml serve pid {backend.pid} on 127.0.0.1:{backend.port}"),
+        (
+            "replaced",
+            f"v{replaced.model_version} ({replaced.bento_tag}), drained and stopped" if replaced else "nothing",
+        ),
+        ("took", f"ready {result.ready_s:.1f} s, switch {result.switch_s:.1f} s, drain {result.drain_s:.1f} s"),
+        ("logs", f"{backend.log_path}  {front.log_path}"),
+        ("next", "slipway status | slipway stop"),
+    ]
+    for label, value in rows:
+        console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
+
+
+def _print_status(current: ServingStatus) -> None:
+    colour = {"serving": "green", "degraded": "yellow", "stale": "yellow", "stopped": "red"}[current.condition]
+    state = current.state
+    if state is None:
+        console.print(f"[bold {colour}]{current.condition}[/]: {current.detail}", highlight=False)
+        return
+    front, backend = state.front, state.backend
+    health = current.health
+    probe = (
+        f"/readyz {health.status_code or health.detail}"
+        + (f" in {health.latency_ms:.0f} ms" if health.latency_ms is not None else "")
+        if health
+        else "not probed"
+    )
+    rows: list[tuple[str, Any]] = [
+        ("status", f"[bold {colour}]{current.condition}[/] ({current.detail}; {probe})"),
+        ("model", f"{backend.model_name} v{backend.model_version}"),
+        ("Bento", backend.bento_tag),
+        ("URL", f"{front.url}/predict"),
+        ("front", f"HAProxy pid {front.pid} ({'running' if current.front_alive else 'gone'})"),
+        (
+            "server",
+            f"bentoml serve pid {backend.pid} on 127.0.0.1:{backend.port} "
+            f"({'running' if current.backend_alive else 'gone'})",
+        ),
+        ("uptime", f"{_duration(current.uptime_s or 0)} since {backend.started_at:%Y-%m-%d %H:%M:%S} UTC"),
+        ("logs", f"{backend.log_path}  {front.log_path}"),
+    ]
+    if current.orphans:
+        rows.append(("orphans", f"servers running outside the state: pids {list(current.orphans)} (slipway stop)"))
+    for label, value in rows:
+        console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
 
 
 def main() -> None:

@@ -66,3 +66,11 @@ class ServingError(SlipwayError):
 
 class EngineUnavailable(ServingError):
     """No container engine is reachable (for image builds)."""
+
+
+class FrontUnavailable(ServingError):
+    """HAProxy is missing, cannot bind the serving address, or refused a new configuration."""
+
+
+class BackendNotReady(ServingError):
+    """A new `bentoml serve` exited or did not become ready; whatever served before still serves."""
