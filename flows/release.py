@@ -97,6 +97,10 @@ def release(
     if targets:
         registry.move_aliases(reg, name, targets, "release", actor(), decision.reason)
     log.info("promotion: %s", decision.reason)
+    if decision.move_champion and s.serving.deploy_on_release:
+        from flows.deploy import deploy
+
+        deploy(version=version.version, env=env, config_file=config_file)
 
     return ReleaseSummary(
         model_name=name,
