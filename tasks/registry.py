@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from serving.spec import file_sha256
 from tasks.errors import ConversionUnsupported, PromotionFailed, RegistryError, RollbackImpossible
 from tasks.resources import Registry
 from tasks.types import (
@@ -255,15 +255,6 @@ def record_gate_report(registry: Registry, version: RegisteredVersion, report: G
     if not report.passed:
         tags[TAG_STATUS] = "rejected"
     registry.tag_version(version.name, version.version, tags)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, recorded at release and checked before the artifact is served."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @task(name="record-release", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
