@@ -117,7 +117,16 @@ def predict_response(
 ) -> PredictResponse:
     """Answer one validated /predict request."""
     result = predictor.predict(request_columns(request))
-    spec = predictor.spec
+    return response_of(predictor.spec, result, request_id, response_type)
+
+
+def response_of(
+    spec: ServingSpec,
+    result: Prediction,
+    request_id: str,
+    response_type: type[PredictResponse] = PredictResponse,
+) -> PredictResponse:
+    """The /predict answer for one prediction."""
     classifier = spec.task == "classification"
     return response_type(
         predictions=result.predictions,

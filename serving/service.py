@@ -5,19 +5,45 @@ SLIPWAY_MODEL_TAG when serving from source. The request schema is built here, at
 derives the OpenAPI document and the request validation from the API signature; everything else lives in
 plain functions (serving.predictor, serving.schema). Health: BentoML's own /livez, /healthz (same as livez)
 and /readyz; OpenAPI at /docs.json.
+
+Environment (full list; see serving.options and serving.inference_log):
+SLIPWAY_MODEL_TAG, SLIPWAY_WORKERS, SLIPWAY_MAX_BATCH_ROWS, SLIPWAY_TIMEOUT_S, SLIPWAY_API_KEYS,
+SLIPWAY_AUTH_OPEN_PATHS, SLIPWAY_MAX_BODY_BYTES, SLIPWAY_FAST_PATH, SLIPWAY_ACCESS_LOG,
+SLIPWAY_INFERENCE_LOG_URL,
+SLIPWAY_INFERENCE_LOG_BATCH_ROWS, SLIPWAY_INFERENCE_LOG_FLUSH_S.
+
+Request path: serving.guard.RequestGuard (ASGI middleware) refuses a missing/wrong API key (401) and an
+oversized body (413) before BentoML parses anything, then hands POST /predict to serving.fastpath (same
+schema, answers and 400s, a fraction of the per-request cost; SLIPWAY_FAST_PATH=0 turns it off) or else to
+the BentoML API below; either validates, predicts, and hands the request to
+the inference log queue (never blocks; a writer thread per worker writes it). The log is created in each
+worker's __init__ (threads do not survive fork) and flushed by the on_shutdown hook on a graceful stop
+(SIGTERM), with atexit as a second net.
+
+Metrics: /metrics is BentoML's (its request histograms per endpoint) plus slipway_prediction_rows_total,
+slipway_errors_total{kind=validation|auth|body_too_large|internal}, slipway_model_info{model_name,
+model_version} = 1 and slipway_inference_log_{rows_written_total,rows_dropped_total{reason},queue_rows}.
+Workers write them in prometheus multiprocess mode to a folder BentoML derives from BENTOML_HOME: two servers
+on one host must each have their own BENTOML_HOME, or their counters mix.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import bentoml
 from bentoml.models import BentoModel
 
+from serving import fastpath
+from serving.fastpath import FastPredict
+from serving.guard import RequestGuard
+from serving.inference_log import InferenceLog, LoggedRequest
+from serving.metrics import service_metrics
 from serving.options import OptionsError, options_from_env
-from serving.predictor import Predictor, predict_response, request_id_from
-from serving.schema import request_model, response_model
+from serving.predictor import Predictor, request_id_from, response_of
+from serving.schema import request_columns, request_model, response_model
 from serving.spec import read_spec, verify_model_file
 
 OPTIONS = options_from_env(os.environ, vars(bentoml.use_arguments()))
@@ -41,15 +67,29 @@ PredictResponse = response_model(SPEC)
     workers=OPTIONS.workers,
     threads=1,
     traffic={"timeout": OPTIONS.timeout_s},
+    # One log line per request costs more than the model; the HAProxy front keeps an access log anyway.
+    logging={"access": {"enabled": OPTIONS.access_log}},
     labels={"model_name": SPEC.model_name, "model_version": SPEC.model_version},
 )
 class SlipwayService:
-    """Serves one slipway model; one ONNX Runtime session per worker process."""
+    """Serves one slipway model; one ONNX Runtime session and one inference-log writer per worker process."""
 
     model = BentoModel(OPTIONS.model_tag)
 
     def __init__(self) -> None:
         self.predictor = Predictor.load(Path(self.model.path), SPEC)
+        self.metrics = service_metrics()
+        self.metrics.model_info.labels(model_name=SPEC.model_name, model_version=SPEC.model_version).set(1)
+        log = InferenceLog.from_env(os.environ)
+        self.inference_log = log.start() if log is not None else None
+        if OPTIONS.fast_path:
+            fastpath.install(FastPredict(self.predictor, PredictRequest, self.metrics, self.inference_log))
+
+    @bentoml.on_shutdown
+    def close_inference_log(self) -> None:
+        """Write what is still queued before the worker exits (graceful stop)."""
+        if self.inference_log is not None:
+            self.inference_log.close()
 
     @bentoml.api(route="/predict")
     def predict(
@@ -59,6 +99,31 @@ class SlipwayService:
         ctx: bentoml.Context,
     ) -> PredictResponse:  # type: ignore[valid-type]
         """Predict a batch given as `records` (list of objects) or `columns` (feature -> list)."""
+        started = time.perf_counter()
         request_id = request_id_from(ctx.request.headers.get("x-request-id"))
         ctx.response.headers["x-request-id"] = request_id
-        return predict_response(self.predictor, request, request_id, PredictResponse)
+        columns = request_columns(request)
+        result = self.predictor.predict(columns)
+        response = response_of(SPEC, result, request_id, PredictResponse)
+        self.metrics.prediction_rows.inc(len(result.predictions))
+        if self.inference_log is not None:
+            self.inference_log.record_request(
+                LoggedRequest(
+                    request_id=request_id,
+                    model_name=SPEC.model_name,
+                    model_version=SPEC.model_version,
+                    features=columns,
+                    predictions=result.predictions,
+                    probabilities=result.probabilities,
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                )
+            )
+        return response
+
+
+SlipwayService.add_asgi_middleware(  # type: ignore[attr-defined]  # a bentoml Service once decorated
+    RequestGuard,
+    api_keys=OPTIONS.api_keys,
+    open_paths=OPTIONS.open_paths,
+    max_body_bytes=OPTIONS.max_body_bytes,
+)

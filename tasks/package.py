@@ -30,7 +30,7 @@ from tasks.types import BentoRef, ModelSchema
 
 SERVICE_IMPORT = "serving.service:SlipwayService"
 # What the Bento needs besides BentoML itself (which `bentoml build` pins on its own).
-BENTO_PACKAGES = ("numpy", "onnxruntime", "pydantic")
+BENTO_PACKAGES = ("numpy", "onnxruntime", "pydantic", "prometheus-client", "sqlalchemy", "psycopg2-binary", "orjson")
 # Runs in the child Python (BENTOML_HOME set there); kept tiny so the child imports only bentoml.
 _SAVE_MODEL_SCRIPT = """
 import json, shutil, sys

@@ -442,9 +442,7 @@ def compare_with_champion(
     if champion is None:
         return quality_check(metric, candidate_value, None, None, gate)
     champion_version, champion_model = champion
-    champion_value = score(
-        metric, schema.task, truth, predict_native(champion_model, holdout, schema), schema.classes
-    )
+    champion_value = score(metric, schema.task, truth, predict_native(champion_model, holdout, schema), schema.classes)
     return quality_check(metric, candidate_value, champion_value, champion_version, gate)
 
 

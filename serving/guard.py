@@ -1,0 +1,162 @@
+"""The ASGI middleware in front of every route: API-key auth, the body-size limit, error counting, fast /predict.
+
+Runs before BentoML parses anything, so an unauthenticated or oversized request costs no validation work.
+Keys are compared with hmac.compare_digest against every configured key (no early exit, so the time taken
+does not tell which key nearly matched); no key, given or configured, is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from serving import fastpath
+from serving.metrics import service_metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def key_matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
+    """True when `given` equals one of `keys`; compares against all of them, each in constant time."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return matched
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    await _send_bytes(send, status, json.dumps(body).encode(), headers)
+
+
+async def _send_bytes(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestGuard:
+    """Refuses requests without a valid key (401) or with a body over the limit (413); counts errors by kind."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: tuple[str, ...] = (),
+        open_paths: tuple[str, ...] = (),
+        max_body_bytes: int = 1 << 20,
+        counted_paths: tuple[str, ...] = ("/predict",),
+        fast_path: str = "/predict",
+    ) -> None:
+        self.app = app
+        self._keys = tuple(k.encode() for k in api_keys)
+        self._open = frozenset(open_paths)
+        self.max_body_bytes = max_body_bytes
+        self._counted = frozenset(counted_paths)
+        self._fast_path = fast_path
+
+    def __repr__(self) -> str:
+        return f"RequestGuard(keys={len(self._keys)}, open={sorted(self._open)}, max_body_bytes={self.max_body_bytes})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if self._keys and path not in self._open:
+            token = bearer_token(headers)
+            if token is None or not key_matches(token, self._keys):
+                service_metrics().error("auth")
+                problem = "missing 'Authorization: Bearer <key>' header" if token is None else "invalid API key"
+                await _send_json(send, 401, {"error": problem}, [(b"www-authenticate", b'Bearer realm="slipway"')])
+                return
+        declared = next((v for n, v in headers if n == b"content-length"), None)
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.max_body_bytes
+            except ValueError:
+                too_large = False  # the server answers a malformed length itself
+            if too_large:
+                await self._too_large(send)
+                return
+        if path in self._counted:
+            send = self._counting(send)
+        fast = fastpath.installed() if scope.get("method") == "POST" and path == self._fast_path else None
+        if fast is not None or (declared is None and scope.get("method") not in ("GET", "HEAD", "OPTIONS")):
+            # Read the body here, counting bytes (a chunked body declares no length), then answer it or replay it.
+            messages: list[Message] = []
+            size = 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break
+                size += len(message.get("body", b""))
+                if size > self.max_body_bytes:
+                    await self._too_large(send)
+                    return
+                if not message.get("more_body", False):
+                    break
+            if fast is not None and messages[-1]["type"] == "http.request":
+                request_id = next((v for n, v in headers if n == b"x-request-id"), None)
+                answer = fast(
+                    b"".join(m.get("body", b"") for m in messages),
+                    request_id.decode("latin-1") if request_id is not None else None,
+                )
+                await _send_bytes(send, answer.status, answer.body, list(answer.headers))
+                return
+            receive = _replay(messages, receive)
+        await self.app(scope, receive, send)
+
+    async def _too_large(self, send: Send) -> None:
+        service_metrics().error("body_too_large")
+        await _send_json(send, 413, {"error": f"request body larger than the limit of {self.max_body_bytes} bytes"}, [])
+
+    def _counting(self, send: Send) -> Send:
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status in (400, 422):
+                    service_metrics().error("validation")
+                elif status >= 500:
+                    service_metrics().error("internal")
+            await send(message)
+
+        return counting_send
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
