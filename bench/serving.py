@@ -1,0 +1,675 @@
+"""The serving benchmark: slipway's endpoint against MLflow's two serving flavors, the in-process floor and a
+bare-ASGI limit, on the same model, rows and load generator, in one run.
+
+Every server is started here on a free 127.0.0.1 port. They start together (MLflow's imports take most of a
+minute; overlapping them keeps the run short) and then idle; one at a time, each is checked to answer what
+in-process ONNX Runtime (or the fitted model) answers, loaded with wrk, measured, and stopped. Before each case
+the run waits (within a budget) for the machine to be quiet, and each case records the share of the machine
+other work took, so a reader can see which figures a neighbour disturbed. All state (model, BentoML home,
+MLflow store, logs, request bodies) lives in one temp folder, removed at the end unless asked to keep it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from bench.cpu import CpuAccount, CpuUse, QuietWaiter
+from bench.floor import FloorResult, measure_floor
+from bench.loadgen import Load, LoadResult, find_wrk, run_wrk
+from bench.model import BenchModel, prepare_model, reference_predictions
+from bench.peers import (
+    MLFLOW_FORMS,
+    Peer,
+    asgi_limit_peer,
+    build_slipway_bento,
+    check_answers,
+    log_mlflow_models,
+    mlflow_onnx_peer,
+    mlflow_sklearn_peer,
+    slipway_peer,
+)
+from bench.processes import (
+    BenchError,
+    Memory,
+    PeakMemory,
+    Server,
+    free_port,
+    start_server,
+    stop_process_group,
+    tree_memory,
+    wait_all_ready,
+)
+
+PEER_NAMES = ("slipway", "mlflow-onnx", "mlflow-sklearn", "asgi-limit")
+BATCH_SIZES = (1, 100)
+SERVER_START_TIMEOUT_S = 180.0
+# Targets from the issue, checked (never assumed) against what this run measured.
+TARGET_VS_ONNX = 3.0
+TARGET_VS_SKLEARN = 15.0
+TARGET_SEQUENTIAL_P50_MS = 1.5
+# Other work above this share of the machine during a case is flagged in the table.
+NOISY_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What to run and how hard; the defaults are the issue's protocol."""
+
+    workers: int = 2
+    threads: int = 2
+    connections: int = 32
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    floor_s: float = 3.0
+    peers: tuple[str, ...] = PEER_NAMES
+    mlflow_onnx_form: str = "auto"
+    mlflow_sklearn_form: str = "auto"
+    quiet_threshold: float = 0.10
+    quiet_budget_s: float = 45.0
+    nice: int = 0
+    json_path: Path | None = None
+    keep_workdir: bool = False
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One peer under one load: throughput, latency, failures and memory."""
+
+    peer: str
+    workers: int
+    rows_per_request: int
+    connections: int
+    threads: int
+    body_form: str
+    body_bytes: int
+    load: LoadResult
+    rows_per_s: float
+    memory_end: Memory
+    peak_rss_mib: float
+    cpu: CpuUse
+    quiet_wait_s: float
+    attempts: int
+    disturbed: bool  # see CpuUse.disturbed
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """slipway's endpoint with one connection: latency without queueing."""
+
+    load: LoadResult
+    cpu: CpuUse
+    quiet_wait_s: float
+    attempts: int
+    disturbed: bool
+
+
+@dataclass(frozen=True)
+class PeerRun:
+    """One peer's server: what it is, how long it took to be ready, and its cases."""
+
+    name: str
+    description: str
+    workers: int
+    start_seconds: float
+    notes: tuple[str, ...]
+    cases: tuple[CaseResult, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue and whether this run met it."""
+
+    name: str
+    wanted: str
+    measured: str
+    met: bool | None  # None: a peer it needs was not run
+
+
+@dataclass(frozen=True)
+class ServingReport:
+    meta: dict[str, Any]
+    model: dict[str, Any]
+    floor: tuple[FloorResult, ...]
+    peers: tuple[PeerRun, ...]
+    sequential: SequentialResult | None
+    ratios: dict[str, dict[str, float | None]]
+    targets: tuple[Target, ...]
+    quiet_wait_total_s: float
+
+
+def run_serving_benchmark(options: ServingOptions, console: Console) -> tuple[ServingReport, Path]:
+    """Run every selected peer and the floor; print the tables; write the JSON; return the report and its path."""
+    unknown = set(options.peers) - set(PEER_NAMES)
+    if unknown:
+        raise BenchError(f"unknown peer(s) {sorted(unknown)}; choose from {list(PEER_NAMES)}")
+    for form in (options.mlflow_onnx_form, options.mlflow_sklearn_form):
+        if form not in MLFLOW_FORMS:
+            raise BenchError(f"unknown MLflow body form {form!r}; choose one of {list(MLFLOW_FORMS)}")
+    find_wrk()  # fail before minutes of preparation, not after
+    if options.nice:
+        # Inherited by every server and wrk this run starts: on a shared machine, other work yields to the run.
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, options.nice)
+        except PermissionError:
+            raise BenchError(f"--nice {options.nice} needs root (or CAP_SYS_NICE) for values below 0") from None
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="slipway-bench-"))
+    console.print(f"[bold]slipway serving benchmark[/] - work folder {workdir}")
+    try:
+        report = _run(options, workdir, console, started)
+    finally:
+        if options.keep_workdir:
+            console.print(f"kept the work folder (servers' logs, bodies, stores): {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_report(report, console)
+    path = options.json_path or _default_json_path(report.meta["started_utc"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report_json(report), indent=2), encoding="utf-8")
+    console.print(f"\nraw results (JSON): {path}")
+    console.print(f"total time: {time.perf_counter() - started:.0f} s")
+    return report, path
+
+
+def _run(options: ServingOptions, workdir: Path, console: Console, started: float) -> ServingReport:
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    meta = _meta(options)
+    step = _Steps(console, started)
+
+    step("training the breast-cancer example and converting it with tasks.convert")
+    model = prepare_model(workdir)
+    references = {rows: reference_predictions(model, rows) for rows in BATCH_SIZES}
+    sklearn_labels = {rows: np.asarray(model.estimator.predict(model.batch(rows))) for rows in BATCH_SIZES}
+    peers = _prepare_peers(options, model, workdir, tmp, step)
+
+    load = Load(threads=options.threads, connections=options.connections, duration_s=options.duration_s)
+    quiet = QuietWaiter(options.quiet_threshold, options.quiet_budget_s)
+    runs: list[PeerRun] = []
+    sequential: SequentialResult | None = None
+    with ExitStack() as stack:
+        # All servers start together (their imports overlap) and idle until their turn; each is measured alone
+        # and stopped right after. The CPU share of other work is recorded per case to show they stay idle.
+        step(f"starting {len(peers)} servers: {', '.join(p.name for p in peers)}")
+        servers: dict[str, Server] = {}
+        for peer in peers:
+            server = start_server(peer.name, peer.command, peer.env, peer.port, workdir / "logs" / f"{peer.name}.log")
+            stack.callback(stop_process_group, server.process)
+            servers[peer.name] = server
+        ready_s = wait_all_ready({servers[p.name]: p.ready_path for p in peers}, SERVER_START_TIMEOUT_S)
+        console.print("    ready: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in ready_s.items()))
+
+        step(f"in-process ONNX Runtime floor ({options.floor_s:g} s per batch size)")
+        quiet.wait()
+        floor = tuple(measure_floor(model, rows, options.floor_s) for rows in BATCH_SIZES)
+
+        for peer in peers:
+            server = servers[peer.name]
+            step(f"{peer.name}: {peer.description}, {peer.workers} worker(s), {server.url}")
+            bodies = {rows: _write_body(workdir, peer, model, rows) for rows in BATCH_SIZES}
+            for rows, (path, _) in bodies.items():
+                expected = sklearn_labels[rows] if peer.reference == "sklearn" else references[rows][0]
+                probabilities = None if peer.reference == "sklearn" else references[rows][1]
+                _check_peer(peer, server.url, path, expected, probabilities, server.log_tail)
+            url = f"{server.url}{peer.predict_path}"
+            cases = []
+            for rows, (path, form) in bodies.items():
+                cases.append(_measure_case(peer, server, url, rows, path, form, load, options, quiet, console))
+            if peer.name == "slipway":
+                one = Load(threads=1, connections=1, duration_s=options.duration_s)
+                console.print(f"    sequential: 1 connection, 1 thread, 1 row, {options.duration_s:g} s")
+                # One connection keeps one worker busy: that is the CPU it could use.
+                measured = _measure(server, 1, url, bodies[1][0], one, options.warmup_s, quiet, console)
+                sequential = SequentialResult(
+                    measured.load,
+                    measured.cpu,
+                    measured.quiet_wait_s,
+                    measured.attempts,
+                    measured.cpu.disturbed(1, NOISY_SHARE),
+                )
+            runs.append(
+                PeerRun(peer.name, peer.description, peer.workers, ready_s[peer.name], peer.notes, tuple(cases))
+            )
+            stop_process_group(server.process)
+            console.print(f"    {peer.name} stopped")
+
+    model_info = {
+        "name": "examples.breast_cancer (HistGradientBoostingClassifier in a ColumnTransformer pipeline)",
+        "params": model.params,
+        "features": len(model.features),
+        "string_features": [name for name, dtype in model.features if dtype == "string"],
+        "train_rows": model.train_rows,
+        "holdout_rows": len(model.rows),
+        "onnx_bytes": model.onnx_path.stat().st_size,
+        "onnx_input_types": sorted({_onnx_input_type(model.onnx_path, name) for name, _ in model.features}),
+        "sklearn_vs_onnx_label_agreement_100_rows": float(np.mean(sklearn_labels[100] == references[100][0])),
+    }
+    ratios = compute_ratios(runs, options.workers)
+    targets = evaluate_targets(runs, sequential.load if sequential else None, ratios)
+    return ServingReport(meta, model_info, floor, tuple(runs), sequential, ratios, targets, quiet.spent_s)
+
+
+def _prepare_peers(
+    options: ServingOptions, model: BenchModel, workdir: Path, tmp: Path, step: Callable[[str], None]
+) -> list[Peer]:
+    """Build what the selected peers serve (Bento, MLflow models) and describe how to start each."""
+    selected = set(options.peers)
+    peers: list[Peer] = []
+    bento = None
+    if selected & {"slipway", "asgi-limit"}:
+        step("saving the BentoML model and building the Bento (tasks.package)")
+        bento = build_slipway_bento(model, workdir / "bentoml")
+    if "slipway" in selected and bento is not None:
+        peers.append(slipway_peer(bento, free_port(), options.workers, tmp))
+    if selected & {"mlflow-onnx", "mlflow-sklearn"}:
+        step("logging the onnx and sklearn flavors to a temporary MLflow store")
+        mlflow_models = log_mlflow_models(model, workdir / "mlflow")
+        if "mlflow-onnx" in selected:
+            peers.append(mlflow_onnx_peer(mlflow_models, free_port(), options.workers, tmp, options.mlflow_onnx_form))
+        if "mlflow-sklearn" in selected:
+            peers.append(
+                mlflow_sklearn_peer(mlflow_models, free_port(), options.workers, tmp, options.mlflow_sklearn_form)
+            )
+    if "asgi-limit" in selected and bento is not None:
+        for workers in sorted({1, options.workers}):
+            peers.append(asgi_limit_peer(bento.model_dir, free_port(), workers, tmp))
+    ports = [p.port for p in peers]
+    if len(set(ports)) != len(ports):  # free_port() gives a free port, not a reserved one
+        raise BenchError(f"two peers drew the same free port: {ports}; run again")
+    return peers
+
+
+@dataclass(frozen=True)
+class _Measured:
+    load: LoadResult
+    cpu: CpuUse
+    peak_rss_mib: float
+    memory_end: Memory
+    quiet_wait_s: float
+    attempts: int
+
+
+def _measure(
+    server: Server,
+    workers: int,
+    url: str,
+    body_path: Path,
+    load: Load,
+    warmup_s: float,
+    quiet: QuietWaiter,
+    console: Console,
+) -> _Measured:
+    """Wait for a quiet machine, warm up, run wrk once with memory and CPU kept; measure again while other work
+    disturbed the run (CpuUse.disturbed) and the quiet budget allows (at most 3 runs; the least disturbed one
+    is kept)."""
+    attempts: list[_Measured] = []
+    waited_total = 0.0
+    while True:
+        waited, _ = quiet.wait()
+        waited_total += waited
+        if waited >= 2.5:
+            console.print(f"      (waited {waited:.0f} s for a quiet machine)")
+        run_wrk(url, body_path, dataclasses.replace(load, duration_s=warmup_s))
+        with PeakMemory(server.process.pid) as peak, CpuAccount(server.process.pid) as cpu:
+            result = run_wrk(url, body_path, load)
+        assert cpu.result is not None
+        attempts.append(
+            _Measured(result, cpu.result, peak.peak_rss_mib, tree_memory(server.process.pid), 0.0, len(attempts) + 1)
+        )
+        console.print(
+            f"    -> {result.requests_per_s:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
+            f"non-2xx {result.non2xx}; CPU: server {cpu.result.server_share:.0%}, "
+            f"other work {cpu.result.other_share:.0%} of the machine"
+        )
+        cost = warmup_s + load.duration_s
+        if not cpu.result.disturbed(workers, NOISY_SHARE) or len(attempts) >= 3 or quiet.remaining_s < cost:
+            break
+        quiet.charge(cost)
+        console.print("      other work disturbed this run: measuring again")
+    best = min(attempts, key=lambda a: (a.cpu.disturbed(workers, NOISY_SHARE), a.cpu.other_share))
+    return dataclasses.replace(best, quiet_wait_s=waited_total, attempts=len(attempts))
+
+
+def _measure_case(
+    peer: Peer,
+    server: Server,
+    url: str,
+    rows: int,
+    body_path: Path,
+    form: str,
+    load: Load,
+    options: ServingOptions,
+    quiet: QuietWaiter,
+    console: Console,
+) -> CaseResult:
+    """One peer, one batch size, the shared load."""
+    console.print(f"    {rows} row(s)/request: warmup {options.warmup_s:g} s, load {options.duration_s:g} s")
+    measured = _measure(server, peer.workers, url, body_path, load, options.warmup_s, quiet, console)
+    return CaseResult(
+        peer=peer.name,
+        workers=peer.workers,
+        rows_per_request=rows,
+        connections=load.connections,
+        threads=load.threads,
+        body_form=form,
+        body_bytes=body_path.stat().st_size,
+        load=measured.load,
+        rows_per_s=measured.load.requests_per_s * rows,
+        memory_end=measured.memory_end,
+        peak_rss_mib=measured.peak_rss_mib,
+        cpu=measured.cpu,
+        quiet_wait_s=measured.quiet_wait_s,
+        attempts=measured.attempts,
+        disturbed=measured.cpu.disturbed(peer.workers, NOISY_SHARE),
+    )
+
+
+class _Steps:
+    """Numbered progress lines with the elapsed time."""
+
+    def __init__(self, console: Console, started: float) -> None:
+        self._console = console
+        self._started = started
+
+    def __call__(self, what: str) -> None:
+        self._console.print(f"[cyan][{time.perf_counter() - self._started:5.0f} s][/] {what}")
+
+
+def _write_body(workdir: Path, peer: Peer, model: BenchModel, rows: int) -> tuple[Path, str]:
+    """The peer's request body for `rows` holdout rows, as a file for wrk; and its top-level key."""
+    body = peer.body(model.records(rows))
+    path = workdir / "bodies" / f"{peer.name}-{rows}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body), encoding="utf-8")
+    return path, next(iter(body))
+
+
+def _check_peer(
+    peer: Peer,
+    url: str,
+    body_path: Path,
+    labels: np.ndarray,
+    probabilities: np.ndarray | None,
+    log_tail: Callable[[], str],
+) -> None:
+    """POST the exact body the load will send and compare the answer to the reference; BenchError if it differs."""
+    response = httpx.post(
+        f"{url}{peer.predict_path}",
+        content=body_path.read_bytes(),
+        headers={"content-type": "application/json"},
+        timeout=30.0,
+    )
+    if response.status_code != 200:
+        raise BenchError(
+            f"{peer.name} answered {response.status_code} to {body_path.name}: {response.text[:500]}\n{log_tail()}"
+        )
+    problem = check_answers(peer, response.json(), labels, probabilities)
+    if problem is not None:
+        raise BenchError(f"{peer.name} on {body_path.name}: {problem}")
+
+
+def _onnx_input_type(path: Path, name: str) -> str:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for value in proto.graph.input:
+        if value.name == name:
+            return str(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    return "?"
+
+
+# --- ratios and targets ----------------------------------------------------------------------------------
+
+
+def _case(runs: Sequence[PeerRun], peer: str, rows: int) -> CaseResult | None:
+    for run in runs:
+        if run.name == peer:
+            return next((c for c in run.cases if c.rows_per_request == rows), None)
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def compute_ratios(runs: Sequence[PeerRun], workers: int) -> dict[str, dict[str, float | None]]:
+    """Per batch size: slipway's req/s over each peer's, and its share of the bare-ASGI limit."""
+    ratios: dict[str, dict[str, float | None]] = {}
+    for rows in BATCH_SIZES:
+        slipway = _case(runs, "slipway", rows)
+        rps = slipway.load.requests_per_s if slipway else None
+
+        def other(peer: str, rows: int = rows) -> float | None:
+            case = _case(runs, peer, rows)
+            return case.load.requests_per_s if case else None
+
+        ratios[f"{rows}_row"] = {
+            "slipway_vs_mlflow_onnx": _ratio(rps, other("mlflow-onnx")),
+            "slipway_vs_mlflow_sklearn": _ratio(rps, other("mlflow-sklearn")),
+            f"slipway_share_of_asgi_limit_{workers}w": _ratio(rps, other(f"asgi-limit-{workers}w")),
+            "slipway_share_of_asgi_limit_1w": _ratio(rps, other("asgi-limit-1w")),
+        }
+    return ratios
+
+
+def evaluate_targets(
+    runs: Sequence[PeerRun], sequential: LoadResult | None, ratios: dict[str, dict[str, float | None]]
+) -> tuple[Target, ...]:
+    """The issue's targets against this run's numbers."""
+    targets: list[Target] = []
+    for rows in BATCH_SIZES:
+        key = f"{rows}_row"
+        for peer, wanted in (("mlflow_onnx", TARGET_VS_ONNX), ("mlflow_sklearn", TARGET_VS_SKLEARN)):
+            value = ratios[key][f"slipway_vs_{peer}"]
+            targets.append(
+                Target(
+                    f"req/s vs {peer.replace('_', '-')}, {rows} row(s)",
+                    f">= {wanted:g}x",
+                    "n/a" if value is None else f"{value:.2f}x",
+                    None if value is None else value >= wanted,
+                )
+            )
+        mine, theirs = _case(runs, "slipway", rows), _case(runs, "mlflow-onnx", rows)
+        targets.append(
+            Target(
+                f"p99 vs mlflow-onnx, {rows} row(s)",
+                "<= mlflow-onnx p99",
+                "n/a" if not (mine and theirs) else f"{mine.load.p99_ms:.2f} vs {theirs.load.p99_ms:.2f} ms",
+                None if not (mine and theirs) else mine.load.p99_ms <= theirs.load.p99_ms,
+            )
+        )
+    slipway_cases = [c for run in runs if run.name == "slipway" for c in run.cases]
+    failures = sum(c.load.non2xx + c.load.socket_error_count for c in slipway_cases)
+    if sequential is not None:
+        failures += sequential.non2xx + sequential.socket_error_count
+    targets.append(
+        Target(
+            "slipway non-2xx + socket errors",
+            "0",
+            str(failures) if slipway_cases else "n/a",
+            failures == 0 if slipway_cases else None,
+        )
+    )
+    targets.append(
+        Target(
+            "sequential one-row p50",
+            f"<= {TARGET_SEQUENTIAL_P50_MS} ms",
+            "n/a" if sequential is None else f"{sequential.p50_ms:.2f} ms",
+            None if sequential is None else sequential.p50_ms <= TARGET_SEQUENTIAL_P50_MS,
+        )
+    )
+    return tuple(targets)
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+
+def print_report(report: ServingReport, console: Console) -> None:
+    """The results table, the floor, the ratios and the targets."""
+    table = Table(title="HTTP peers (same model, rows and wrk load)", title_justify="left")
+    for column in ("peer", "workers", "rows/req", "req/s", "rows/s", "p50 ms", "p99 ms", "non-2xx", "sock err",
+                   "RSS MiB", "peak RSS", "srv CPU", "other CPU", "runs", "body"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("peer", "body") else "right")
+    for run in report.peers:
+        for case in run.cases:
+            table.add_row(
+                run.name,
+                str(run.workers),
+                str(case.rows_per_request),
+                f"{case.load.requests_per_s:,.0f}",
+                f"{case.rows_per_s:,.0f}",
+                f"{case.load.p50_ms:.2f}",
+                f"{case.load.p99_ms:.2f}",
+                str(case.load.non2xx),
+                str(case.load.socket_error_count),
+                f"{case.memory_end.rss_mib:,.0f}",
+                f"{case.peak_rss_mib:,.0f}",
+                f"{case.cpu.server_share:.0%}",
+                _fmt_other(case.cpu, case.workers),
+                str(case.attempts),
+                case.body_form,
+            )
+    console.print(table)
+    if report.sequential is not None:
+        seq = report.sequential.load
+        console.print(
+            f"slipway sequential (1 connection, 1 row): {seq.requests_per_s:,.0f} req/s, p50 {seq.p50_ms:.2f} ms, "
+            f"p99 {seq.p99_ms:.2f} ms, non-2xx {seq.non2xx}, socket errors {seq.socket_error_count}, "
+            f"other work {_fmt_other(report.sequential.cpu, 1)}"
+        )
+    console.print(
+        "srv CPU / other CPU: share of the machine used by the server's processes / by processes other than the "
+        f"server, wrk and this run; yellow: disturbed (other work over {NOISY_SHARE:.0%} while the server got "
+        "under 90% of the CPU its workers could use); runs: measurements of the case, the least disturbed shown"
+    )
+    floor = Table(title="Floor: in-process ONNX Runtime session.run (no HTTP)", title_justify="left")
+    for column in ("rows/call", "calls/s", "rows/s", "p50 ms", "p99 ms"):
+        floor.add_column(column, justify="right")
+    for result in report.floor:
+        floor.add_row(
+            str(result.rows),
+            f"{result.calls_per_s:,.0f}",
+            f"{result.rows_per_s:,.0f}",
+            f"{result.p50_ms:.3f}",
+            f"{result.p99_ms:.3f}",
+        )
+    console.print(floor)
+    ratios = Table(title="Ratios (slipway req/s over the peer's, same case)", title_justify="left")
+    ratios.add_column("ratio")
+    for rows in BATCH_SIZES:
+        ratios.add_column(f"{rows} row(s)", justify="right")
+    names = list(next(iter(report.ratios.values())))
+    for name in names:
+        ratios.add_row(name, *[_fmt_ratio(report.ratios[f"{rows}_row"][name]) for rows in BATCH_SIZES])
+    console.print(ratios)
+    targets = Table(title="Targets from the issue", title_justify="left")
+    for column in ("target", "wanted", "measured", "met"):
+        targets.add_column(column)
+    for target in report.targets:
+        met = "n/a" if target.met is None else ("[green]yes[/]" if target.met else "[red]no[/]")
+        targets.add_row(target.name, target.wanted, target.measured, met)
+    console.print(targets)
+
+
+def _fmt_other(cpu: CpuUse, workers: int) -> str:
+    """Other work's share of the machine during a case; marked when it may have lowered the figures."""
+    text = f"{cpu.other_share:.0%}"
+    return f"[yellow]{text}[/]" if cpu.disturbed(workers, NOISY_SHARE) else text
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def report_json(report: ServingReport) -> dict[str, Any]:
+    """The report as plain JSON (dataclasses to dicts, paths to strings)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(report)
+
+
+def _default_json_path(started_utc: str) -> Path:
+    stamp = started_utc.replace(":", "").replace("-", "")
+    return Path(tempfile.gettempdir()) / "slipway-bench" / f"serving-{stamp}.json"
+
+
+def _meta(options: ServingOptions) -> dict[str, Any]:
+    """When, where and how: machine, versions, and the command line."""
+    import psutil
+
+    versions: dict[str, str | None] = {}
+    for name in ("bentoml", "mlflow", "onnxruntime", "scikit-learn", "uvicorn", "httptools", "uvloop", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    wrk = subprocess.run([find_wrk(), "-v"], capture_output=True, text=True, check=False)
+    wrk_lines = (wrk.stdout or wrk.stderr).splitlines()
+    return {
+        "started_utc": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
+        "machine": {
+            "cpu": _cpu_model(),
+            "logical_cpus": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(),
+        },
+        "versions": {**versions, "wrk": wrk_lines[0].strip() if wrk_lines else None},
+        "git": _git_state(),
+        "note": "servers and wrk share the machine; servers start together and idle, each is measured alone",
+    }
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit, and the files that differ from it: the Bento is built from the working tree's `serving`."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return done.stdout.rstrip("\n") if done.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line[3:]]
+    return {"commit": git("rev-parse", "HEAD") or None, "changed_files": changed}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
