@@ -7,6 +7,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+# Evidently 0.7 stattest names slipway accepts for drift (tasks/monitor.py maps each to its statistic).
+NumericalMethod = Literal[
+    "wasserstein",
+    "ks",
+    "psi",
+    "jensenshannon",
+    "kl_div",
+    "hellinger",
+    "ed",
+    "t_test",
+    "mannw",
+    "anderson",
+    "cramer_von_mises",
+]
+CategoricalMethod = Literal["jensenshannon", "chisquare", "z", "psi", "kl_div", "hellinger", "TVD", "g_test"]
+
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, values are immutable."""
@@ -158,6 +174,53 @@ class ServingSettings(Section):
     deploy_on_release: bool = Field(False, description="Serve the new champion when a release promotes one.")
 
 
+class DriftSettings(Section):
+    """How live inputs are compared with the serving version's reference sample (Evidently 0.7 stattests)."""
+
+    num_method: NumericalMethod = Field(
+        "wasserstein", description="Evidently stattest for numeric columns (wasserstein: normed distance)."
+    )
+    num_threshold: float | None = Field(None, gt=0, description="None: Evidently's default for num_method (0.1).")
+    cat_method: CategoricalMethod = Field("jensenshannon", description="Stattest for categorical columns.")
+    cat_threshold: float | None = Field(None, gt=0, description="None: Evidently's default for cat_method (0.1).")
+    drift_share: float = Field(0.5, gt=0, le=1, description="Dataset drift when this share of columns drift.")
+    sample_rows: int | None = Field(
+        50_000, gt=0, description="Compare a seeded sample of at most this many rows per side; null: every row."
+    )
+    retrain_on_prediction_drift: bool = Field(True, description="Prediction drift alone also starts a retrain.")
+
+
+class SloSettings(Section):
+    p99_ms: float = Field(250.0, gt=0, description="Serving p99 latency budget of /predict (as BentoML measures it).")
+    error_rate: float = Field(0.01, ge=0, le=1, description="Largest share of 5xx answers.")
+    min_requests: int = Field(100, ge=1, description="Fewer requests in the window: the SLO is not judged.")
+    probe_requests: int = Field(
+        20, ge=0, description="With no traffic since the last run, send this many one-row requests first (0: never)."
+    )
+
+
+class MonitorSettings(Section):
+    """The scheduled monitor: window, guardrails, schedules. Actions are taken only when `act` is true."""
+
+    window_minutes: float = Field(60.0, gt=0, description="Judge the inference-log rows of the last N minutes.")
+    min_rows: int = Field(500, ge=1, description="Fewer rows in the window: 'insufficient data', no action.")
+    drift: DriftSettings = DriftSettings()
+    slo: SloSettings = SloSettings()
+    cooldown_minutes: float = Field(60.0, ge=0, description="No new action within this time after the last one.")
+    max_retrains_per_day: int = Field(2, ge=0, description="Retrains started in any 24 hours.")
+    bake_window_minutes: float = Field(
+        60.0, ge=0, description="An SLO breach this soon after a promotion rolls back; later it redeploys."
+    )
+    act: bool = Field(True, description="Carry out the decided action; false: decide, record and report only.")
+    retrain: Literal["deployment", "inline"] = Field(
+        "deployment",
+        description="deployment: run the `train` Prefect deployment (falls back to inline when none exists); "
+        "inline: run the train flow as a subflow of the monitor.",
+    )
+    schedule_cron: str = Field("*/15 * * * *", description="Cron of the `monitor` deployment (slipway up).")
+    sync_interval_s: float = Field(60.0, gt=0, description="Interval of the `sync` deployment (registry -> serving).")
+
+
 class Settings(Section):
     """The whole slipway configuration."""
 
@@ -170,6 +233,7 @@ class Settings(Section):
     gates: GateSettings = GateSettings()
     promotion: PromotionSettings = PromotionSettings()
     serving: ServingSettings = ServingSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     # Derived locations. Properties, not fields, so that one `project.home` moves all of them.
     @property
@@ -195,6 +259,10 @@ class Settings(Section):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def monitor_dir(self) -> Path:
+        return self.home / "monitor"
 
     @property
     def inference_log_url(self) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
+from configs.settings import CategoricalMethod, NumericalMethod
 from tasks.types import Check, Result
 
 if TYPE_CHECKING:
@@ -36,20 +37,6 @@ if TYPE_CHECKING:
 
 ColumnKind = Literal["numerical", "categorical"]
 StatisticKind = Literal["distance", "p_value"]
-NumericalMethod = Literal[
-    "wasserstein",
-    "ks",
-    "psi",
-    "jensenshannon",
-    "kl_div",
-    "hellinger",
-    "ed",
-    "t_test",
-    "mannw",
-    "anderson",
-    "cramer_von_mises",
-]
-CategoricalMethod = Literal["jensenshannon", "chisquare", "z", "psi", "kl_div", "hellinger", "TVD", "g_test"]
 
 # Evidently's stattest names -> what the statistic is and Evidently's default threshold for it. A distance drifts
 # when it is at or above the threshold, a p-value when it is below it (Evidently decides; this is for readers).
