@@ -22,9 +22,11 @@ help: ## list the targets
 install: .venv/.synced ## create .venv from uv.lock (installs uv with pip and haproxy with apt-get if missing)
 	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { echo "haproxy not found: installing the Debian package (slipway deploy fronts its servers with it)"; command -v apt-get >/dev/null 2>&1 || { echo "no apt-get here: install haproxy 2.6 or newer yourself to use slipway deploy"; exit 0; }; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); set -x; $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
-demo: install ## train the example model and release it end to end (embedded MLflow, ephemeral Prefect)
+demo: install ## release the example end to end, then the closed loop: serve, monitor, drift, retrain, new champion
 	$(UV) run slipway train
 	$(UV) run slipway models
+	$(UV) run python -m examples.closed_loop
+	$(UV) run slipway report
 
 test: install ## run the whole test suite (real MLflow, Prefect, ONNX Runtime, bentoml serve)
 	$(UV) run pytest

@@ -439,6 +439,11 @@ def _backend_pids(backend: BackendProcess) -> list[int]:
 
 
 def _backend_alive(backend: BackendProcess) -> bool:
+    # The arbiter we just spawned may not have exec'd yet: until it does, /proc/<pid>/environ still shows the
+    # parent's environment, without the backend's BENTOML_HOME. Under load that window is long enough for a
+    # readiness check to call a starting backend dead, so the arbiter's own pid counts too.
+    if _running(backend.pid) and backend.pid in _SPAWNED:  # _running reaps first: an exited child is gone
+        return True
     return bool(_backend_pids(backend))
 
 
@@ -507,6 +512,9 @@ def _serve_env(own_home: Path, serving: ServingSettings, inference_log_url: str)
         SLIPWAY_MAX_BATCH_ROWS=str(serving.max_batch_rows),
         SLIPWAY_MAX_BODY_BYTES=str(serving.max_body_bytes),
         SLIPWAY_INFERENCE_LOG_URL=inference_log_url,
+        # HAProxy's front logs the requests that fail or misbehave (haproxy.log); BentoML's per-request access
+        # log would cost each backend more than the model does per request.
+        SLIPWAY_ACCESS_LOG="0",
     )
     if serving.api_keys:  # secrets reach the service only through its environment, never a file
         env["SLIPWAY_API_KEYS"] = json.dumps([key.get_secret_value() for key in serving.api_keys])

@@ -65,7 +65,24 @@ class ServingError(SlipwayError):
 
 
 class EngineUnavailable(ServingError):
-    """No container engine is reachable (for image builds)."""
+    """No container engine is reachable (for image builds): where it was looked for, why it failed, what is left."""
+
+    def __init__(self, address: str, reason: str, dockerfile: str = "", build_command: str = "") -> None:
+        self.address = address
+        self.reason = reason
+        self.dockerfile = dockerfile
+        msg = (
+            f"no Docker engine reachable at {address}: {reason}. "
+            "Install and start Docker, or set DOCKER_HOST to an engine that runs"
+        )
+        if dockerfile:
+            msg += f"; the Dockerfile is at {dockerfile}"
+            msg += f" (`{build_command}` builds it where Docker runs)" if build_command else ""
+        super().__init__(msg)
+
+
+class ImageBuildFailed(ServingError):
+    """The container engine refused or failed an image build; the message carries its last lines of output."""
 
 
 class FrontUnavailable(ServingError):
@@ -74,3 +91,7 @@ class FrontUnavailable(ServingError):
 
 class BackendNotReady(ServingError):
     """A new `bentoml serve` exited or did not become ready; whatever served before still serves."""
+
+
+class MonitorStateError(SlipwayError):
+    """The monitor's own state file is unreadable; the message names the file and how to reset it."""

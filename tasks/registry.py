@@ -272,3 +272,37 @@ def record_release(registry: Registry, version: RegisteredVersion, onnx_path: Pa
             "slipway.bento.model_tag": bento.model_tag,
         },
     )
+
+
+def champion_in_history(history: Sequence[HistoryEntry], champion_alias: str) -> str | None:
+    """Where the history last put the champion alias (None when it never moved it)."""
+    for entry in reversed(history):
+        if entry.status != "done":
+            continue
+        for move in entry.moves:
+            if move.alias == champion_alias:
+                return move.to_version
+    return None
+
+
+@task(name="record-manual-move", cache_policy=NO_CACHE)
+def record_manual_move(
+    registry: Registry, name: str, alias: str, from_version: str | None, to_version: str, actor: str
+) -> HistoryEntry:
+    """Append to the history an alias move someone made outside slipway (the MLflow UI, the MLflow API).
+
+    The alias has already moved; this only writes down that it did, so rollbacks and audits see it.
+    """
+    entry = HistoryEntry(
+        id=_new_entry_id(),
+        at=datetime.now(UTC),
+        model_name=name,
+        action="manual",
+        actor=actor,
+        reason=f"{alias} moved outside slipway (MLflow UI or API) from "
+        f"{'v' + from_version if from_version else 'nothing'} to v{to_version}; recorded by sync",
+        moves=(AliasMove(alias=alias, from_version=from_version, to_version=to_version),),
+        status="done",
+    )
+    registry.write_history(name, entry.id, entry.model_dump(mode="json"))
+    return entry
