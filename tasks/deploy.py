@@ -332,7 +332,22 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> i
             start_new_session=True,  # outlives the CLI that started it, and no terminal signal reaches it
         )
     _SPAWNED[process.pid] = process
+    _wait_exec(process)
     return process.pid
+
+
+def _wait_exec(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Until the child runs its new program (its /proc cmdline is filled in), or has exited.
+
+    Popen returns as soon as execve closes the child's close-on-exec pipe, which the kernel does before it has
+    built the new process image: for a while after, /proc/<pid>/cmdline and /proc/<pid>/environ read empty (up to
+    ~60 ms measured with the CPUs busy). Everything here recognizes its processes by those files (a backend by its
+    BENTOML_HOME, the front by its command line), in this process and in any other `slipway` that reads the
+    state, so none of them may look at a child before this returns.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not _cmdline(process.pid) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _reap() -> None:
@@ -439,12 +454,7 @@ def _backend_pids(backend: BackendProcess) -> list[int]:
 
 
 def _backend_alive(backend: BackendProcess) -> bool:
-    # The arbiter we just spawned may not have exec'd yet: until it does, /proc/<pid>/environ still shows the
-    # parent's environment, without the backend's BENTOML_HOME. Under load that window is long enough for a
-    # readiness check to call a starting backend dead, so the arbiter's own pid counts too.
-    if _running(backend.pid) and backend.pid in _SPAWNED:  # _running reaps first: an exited child is gone
-        return True
-    return bool(_backend_pids(backend))
+    return bool(_backend_pids(backend))  # _spawn returned after the exec: the environment is readable by then
 
 
 def _stop_backend(backend: BackendProcess, grace_s: float = 20.0) -> None:
@@ -454,10 +464,20 @@ def _stop_backend(backend: BackendProcess, grace_s: float = 20.0) -> None:
         _stop_processes(lambda: _backend_pids(backend), [backend.pid] if backend.pid in pids else pids, grace_s)
 
 
-def _free_port() -> int:
+@contextmanager
+def _held_port() -> Iterator[int]:
+    """A free loopback port, kept out of everyone else's reach until the block ends.
+
+    A port picked and released at once stays free for the seconds `bentoml serve` takes to import and bind, and
+    anything on the machine that asks the kernel for a free port meanwhile (a test, another server, BentoML's own
+    circus endpoints) may get it: the backend then dies of "address already in use". A socket bound with
+    SO_REUSEADDR but not listening keeps the kernel from handing the port out, and still lets the backend (circus
+    sets SO_REUSEADDR too) bind and listen on it.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 def _address_free(host: str, port: int) -> bool:
@@ -522,9 +542,9 @@ def _serve_env(own_home: Path, serving: ServingSettings, inference_log_url: str)
 
 
 def _start_backend(
-    bento: BentoInfo, serving: ServingSettings, serving_dir: Path, bentoml_home: Path, inference_log_url: str
+    bento: BentoInfo, serving: ServingSettings, serving_dir: Path, bentoml_home: Path, inference_log_url: str, port: int
 ) -> BackendProcess:
-    """`bentoml serve` of the Bento on a free loopback port, in a new folder with its own BENTOML_HOME."""
+    """`bentoml serve` of the Bento on loopback `port`, in a new folder with its own BENTOML_HOME."""
     now = datetime.now(UTC)
     version = re.sub(r"[^a-z0-9.]+", "-", bento.model_version.lower()).strip("-")[:20] or "0"
     backend_id = f"{now:%Y%m%dT%H%M%S}-v{version}-{secrets.token_hex(3)}"
@@ -533,7 +553,6 @@ def _start_backend(
     own_home.mkdir(parents=True)
     for store in ("bentos", "models"):  # shared, read-only here; everything else in the home is this server's
         (own_home / store).symlink_to(bentoml_home.resolve() / store, target_is_directory=True)
-    port = _free_port()
     pid = _spawn(
         [sys.executable, "-m", "bentoml", "serve", bento.tag, "--host", "127.0.0.1", "--port", str(port)],
         _serve_env(own_home, serving, inference_log_url),
@@ -819,9 +838,14 @@ def deploy_bento(
                 f"{serving.host}:{serving.port} is already in use by another process: stop it, or set serving.port"
             )
 
-        backend = _start_backend(bento, serving, serving_dir, bentoml_home, inference_log_url)
+        with _held_port() as port:  # released once the backend listens on it, or was given up
+            backend = _start_backend(bento, serving, serving_dir, bentoml_home, inference_log_url, port)
+            try:
+                ready_s = _wait_ready(backend, ready_timeout_s)
+            except BaseException:
+                _stop_backend(backend, grace_s=5.0)
+                raise
         try:
-            ready_s = _wait_ready(backend, ready_timeout_s)
             config = render_front_config(
                 template, serving.host, serving.port, backend.port, backend.id, serving.max_body_bytes, drain_timeout_s
             )
