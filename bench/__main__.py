@@ -35,7 +35,10 @@ def serving(
     floor_seconds: Annotated[float, typer.Option(help="Seconds of in-process timing per batch size.", min=0.5)] = 3.0,
     peer: Annotated[
         list[str] | None,
-        typer.Option(help="Run only these peers (repeatable): slipway, mlflow-onnx, mlflow-sklearn, asgi-limit."),
+        typer.Option(
+            help="Run only these peers (repeatable): slipway, slipway-logged (inference log on), mlflow-onnx, "
+            "mlflow-sklearn, asgi-limit."
+        ),
     ] = None,
     mlflow_onnx_body: Annotated[
         str, typer.Option(help="Body form for the MLflow ONNX flavor: auto (its fastest), inputs, records or split.")

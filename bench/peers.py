@@ -1,6 +1,7 @@
 """The HTTP peers: how each is prepared from the same model, started, fed and read back.
 
 slipway          the real Bento (tasks.package) under `bentoml serve`, body {"records": [...]}
+slipway-logged   the same, with the inference log writing every served row to a SQLite file
 mlflow-sklearn   `mlflow models serve` of the fitted Pipeline (sklearn flavor, skops), its fastest body form
 mlflow-onnx      `mlflow models serve` of the same ONNX file (onnx flavor), its fastest body form
 asgi-limit       bench.asgi_floor under uvicorn + httptools + uvloop, body {"records": [...]}
@@ -54,6 +55,8 @@ class Peer:
     # Where its reference answers come from: in-process ONNX Runtime, or the fitted scikit-learn model.
     reference: str = "onnx"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # slipway with SLIPWAY_INFERENCE_LOG_URL set: its /metrics says how many rows were written or dropped.
+    logs_inferences: bool = False
 
 
 def quiet_env(tmp: Path) -> dict[str, str]:
@@ -96,14 +99,19 @@ def build_slipway_bento(model: BenchModel, home: Path) -> SlipwayBento:
     return SlipwayBento(home=home, bento_tag=ref.tag, model_tag=model_tag, model_dir=home / "models" / name / version)
 
 
-def slipway_peer(bento: SlipwayBento, port: int, workers: int, tmp: Path) -> Peer:
+def slipway_peer(bento: SlipwayBento, port: int, workers: int, tmp: Path, inference_log: Path | None = None) -> Peer:
+    """slipway's Bento under `bentoml serve`; with `inference_log` (a SQLite file) every served row is logged."""
     from tasks.package import bentoml_env
 
     env = {**quiet_env(tmp), **bentoml_env(bento.home), "TMPDIR": str(tmp), "SLIPWAY_WORKERS": str(workers)}
+    notes: tuple[str, ...] = (f"SLIPWAY_WORKERS={workers}", "BentoML threads=1 per worker (serving/service.py)")
+    if inference_log is not None:
+        env["SLIPWAY_INFERENCE_LOG_URL"] = f"sqlite:///{inference_log}"
+        notes = (*notes, "SLIPWAY_INFERENCE_LOG_URL=sqlite:///<work folder>/inference_log.db")
     command = [sys.executable, "-m", "bentoml", "serve", bento.bento_tag, "--host", "127.0.0.1", "--port", str(port)]
     return Peer(
-        name="slipway",
-        description=f"bentoml serve {bento.bento_tag}",
+        name="slipway" if inference_log is None else "slipway-logged",
+        description=f"bentoml serve {bento.bento_tag}" + ("" if inference_log is None else ", inference log on"),
         workers=workers,
         command=command,
         env=env,
@@ -112,7 +120,8 @@ def slipway_peer(bento: SlipwayBento, port: int, workers: int, tmp: Path) -> Pee
         predict_path="/predict",
         body=lambda records: {"records": records},
         answers=lambda answer: (answer["predictions"], answer["probabilities"]),
-        notes=(f"SLIPWAY_WORKERS={workers}", "BentoML threads=1 per worker (serving/service.py)"),
+        notes=notes,
+        logs_inferences=inference_log is not None,
     )
 
 

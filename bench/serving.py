@@ -5,8 +5,10 @@ Every server is started here on a free 127.0.0.1 port. They start together (MLfl
 minute; overlapping them keeps the run short) and then idle; one at a time, each is checked to answer what
 in-process ONNX Runtime (or the fitted model) answers, loaded with wrk, measured, and stopped. Before each case
 the run waits (within a budget) for the machine to be quiet, and each case records the share of the machine
-other work took, so a reader can see which figures a neighbour disturbed. All state (model, BentoML home,
-MLflow store, logs, request bodies) lives in one temp folder, removed at the end unless asked to keep it.
+other work took, so a reader can see which figures a neighbour disturbed. slipway runs twice: as shipped, and
+with its inference log writing every served row to a SQLite file (slipway-logged), to price the log. All
+state (model, BentoML homes, MLflow store, logs, request bodies) lives in one temp folder, removed at the end
+unless asked to keep it.
 """
 
 from __future__ import annotations
@@ -61,13 +63,14 @@ from bench.processes import (
     wait_all_ready,
 )
 
-PEER_NAMES = ("slipway", "mlflow-onnx", "mlflow-sklearn", "asgi-limit")
+PEER_NAMES = ("slipway", "slipway-logged", "mlflow-onnx", "mlflow-sklearn", "asgi-limit")
 BATCH_SIZES = (1, 100)
 SERVER_START_TIMEOUT_S = 180.0
 # Targets from the issue, checked (never assumed) against what this run measured.
 TARGET_VS_ONNX = 3.0
 TARGET_VS_SKLEARN = 15.0
 TARGET_SEQUENTIAL_P50_MS = 1.5
+TARGET_INFERENCE_LOG_COST = 0.10  # the inference log may cost at most this share of slipway's req/s
 # Other work above this share of the machine during a case is flagged in the table.
 NOISY_SHARE = 0.10
 
@@ -111,6 +114,18 @@ class CaseResult:
     quiet_wait_s: float
     attempts: int
     disturbed: bool  # see CpuUse.disturbed
+    inference_log: InferenceLogTotals | None = None  # slipway-logged only
+
+
+@dataclass(frozen=True)
+class InferenceLogTotals:
+    """What slipway-logged's inference log did since the server started (its /metrics, summed over workers),
+    read once its queue was empty after a case: every row served must be written, none dropped."""
+
+    rows_written: int
+    rows_dropped: int
+    queue_rows: int  # still queued when the wait for the writer ended (0: it kept up)
+    drain_wait_s: float
 
 
 @dataclass(frozen=True)
@@ -235,7 +250,15 @@ def _run(options: ServingOptions, workdir: Path, console: Console, started: floa
             url = f"{server.url}{peer.predict_path}"
             cases = []
             for rows, (path, form) in bodies.items():
-                cases.append(_measure_case(peer, server, url, rows, path, form, load, options, quiet, console))
+                case = _measure_case(peer, server, url, rows, path, form, load, options, quiet, console)
+                if peer.logs_inferences:
+                    totals = inference_log_totals(server.url)
+                    console.print(
+                        f"    inference log: {totals.rows_written:,} rows written, {totals.rows_dropped:,} dropped, "
+                        f"{totals.queue_rows:,} still queued ({totals.drain_wait_s:.1f} s wait for the writer)"
+                    )
+                    case = dataclasses.replace(case, inference_log=totals)
+                cases.append(case)
             if peer.name == "slipway":
                 one = Load(threads=1, connections=1, duration_s=options.duration_s)
                 console.print(f"    sequential: 1 connection, 1 thread, 1 row, {options.duration_s:g} s")
@@ -277,11 +300,20 @@ def _prepare_peers(
     selected = set(options.peers)
     peers: list[Peer] = []
     bento = None
-    if selected & {"slipway", "asgi-limit"}:
+    if selected & {"slipway", "slipway-logged", "asgi-limit"}:
         step("saving the BentoML model and building the Bento (tasks.package)")
         bento = build_slipway_bento(model, workdir / "bentoml")
     if "slipway" in selected and bento is not None:
         peers.append(slipway_peer(bento, free_port(), options.workers, tmp))
+    if "slipway-logged" in selected and bento is not None:
+        # Its own BentoML home: BentoML empties the home's Prometheus folder at start, and two servers sharing
+        # one would mix their counters.
+        home = workdir / "bentoml-logged"
+        shutil.copytree(bento.home, home, symlinks=True)
+        logged = dataclasses.replace(bento, home=home)
+        peers.append(
+            slipway_peer(logged, free_port(), options.workers, tmp, inference_log=workdir / "inference_log.db")
+        )
     if selected & {"mlflow-onnx", "mlflow-sklearn"}:
         step("logging the onnx and sklearn flavors to a temporary MLflow store")
         mlflow_models = log_mlflow_models(model, workdir / "mlflow")
@@ -429,6 +461,32 @@ def _check_peer(
         raise BenchError(f"{peer.name} on {body_path.name}: {problem}")
 
 
+def inference_log_totals(url: str, timeout_s: float = 30.0) -> InferenceLogTotals:
+    """slipway-logged's inference-log counters from its /metrics, once its queue is empty (or `timeout_s` passed)."""
+    started = time.perf_counter()
+    while True:
+        text = httpx.get(f"{url}/metrics", timeout=10.0).text
+        queued = metric_total(text, "slipway_inference_log_queue_rows")
+        waited = time.perf_counter() - started
+        if queued <= 0 or waited >= timeout_s:
+            return InferenceLogTotals(
+                rows_written=int(metric_total(text, "slipway_inference_log_rows_written_total")),
+                rows_dropped=int(metric_total(text, "slipway_inference_log_rows_dropped_total")),
+                queue_rows=int(queued),
+                drain_wait_s=waited,
+            )
+        time.sleep(0.25)
+
+
+def metric_total(text: str, name: str) -> float:
+    """Sum of every sample of `name` (all labels) in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def _onnx_input_type(path: Path, name: str) -> str:
     import onnx
 
@@ -465,6 +523,7 @@ def compute_ratios(runs: Sequence[PeerRun], workers: int) -> dict[str, dict[str,
             return case.load.requests_per_s if case else None
 
         ratios[f"{rows}_row"] = {
+            "slipway_logged_vs_slipway": _ratio(other("slipway-logged"), rps),
             "slipway_vs_mlflow_onnx": _ratio(rps, other("mlflow-onnx")),
             "slipway_vs_mlflow_sklearn": _ratio(rps, other("mlflow-sklearn")),
             f"slipway_share_of_asgi_limit_{workers}w": _ratio(rps, other(f"asgi-limit-{workers}w")),
@@ -499,7 +558,20 @@ def evaluate_targets(
                 None if not (mine and theirs) else mine.load.p99_ms <= theirs.load.p99_ms,
             )
         )
-    slipway_cases = [c for run in runs if run.name == "slipway" for c in run.cases]
+    for rows in BATCH_SIZES:
+        kept = ratios[f"{rows}_row"]["slipway_logged_vs_slipway"]
+        logged = _case(runs, "slipway-logged", rows)
+        totals = logged.inference_log if logged else None
+        lost = totals.rows_dropped + totals.queue_rows if totals else 0
+        targets.append(
+            Target(
+                f"inference log cost, {rows} row(s)",
+                f"<= {TARGET_INFERENCE_LOG_COST:.0%} of req/s, no row lost",
+                "n/a" if kept is None else f"{1 - kept:.1%} of req/s, {lost:,} rows dropped or unwritten",
+                None if kept is None else (1 - kept <= TARGET_INFERENCE_LOG_COST and lost == 0),
+            )
+        )
+    slipway_cases = [c for run in runs if run.name in ("slipway", "slipway-logged") for c in run.cases]
     failures = sum(c.load.non2xx + c.load.socket_error_count for c in slipway_cases)
     if sequential is not None:
         failures += sequential.non2xx + sequential.socket_error_count
@@ -558,6 +630,15 @@ def print_report(report: ServingReport, console: Console) -> None:
             f"p99 {seq.p99_ms:.2f} ms, non-2xx {seq.non2xx}, socket errors {seq.socket_error_count}, "
             f"other work {_fmt_other(report.sequential.cpu, 1)}"
         )
+    for run in report.peers:
+        for case in run.cases:
+            if case.inference_log is not None:
+                totals = case.inference_log
+                console.print(
+                    f"{run.name} inference log after the {case.rows_per_request}-row case (since start, both workers): "
+                    f"{totals.rows_written:,} rows written, {totals.rows_dropped:,} dropped, "
+                    f"{totals.queue_rows:,} still queued after {totals.drain_wait_s:.1f} s"
+                )
     console.print(
         "srv CPU / other CPU: share of the machine used by the server's processes / by processes other than the "
         f"server, wrk and this run; yellow: disturbed (other work over {NOISY_SHARE:.0%} while the server got "

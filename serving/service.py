@@ -12,8 +12,9 @@ SLIPWAY_AUTH_OPEN_PATHS, SLIPWAY_MAX_BODY_BYTES, SLIPWAY_FAST_PATH, SLIPWAY_ACCE
 SLIPWAY_INFERENCE_LOG_URL,
 SLIPWAY_INFERENCE_LOG_BATCH_ROWS, SLIPWAY_INFERENCE_LOG_FLUSH_S.
 
-Request path: serving.guard.RequestGuard (ASGI middleware) refuses a missing/wrong API key (401) and an
-oversized body (413) before BentoML parses anything, then hands POST /predict to serving.fastpath (same
+Request path: serving.guard.RequestGuard (ASGI middleware, put behind BentoML's request metrics and access log
+but ahead of its tracing and timeout: serving.guard.front_middlewares) refuses a missing/wrong API key (401) and
+an oversized body (413) before BentoML parses anything, then hands POST /predict to serving.fastpath (same
 schema, answers and 400s, a fraction of the per-request cost; SLIPWAY_FAST_PATH=0 turns it off) or else to
 the BentoML API below; either validates, predicts, and hands the request to
 the inference log queue (never blocks; a writer thread per worker writes it). The log is created in each
@@ -38,7 +39,7 @@ from bentoml.models import BentoModel
 
 from serving import fastpath
 from serving.fastpath import FastPredict
-from serving.guard import RequestGuard
+from serving.guard import RequestGuard, put_guard_in_front
 from serving.inference_log import InferenceLog, LoggedRequest
 from serving.metrics import service_metrics
 from serving.options import OptionsError, options_from_env
@@ -127,3 +128,6 @@ SlipwayService.add_asgi_middleware(  # type: ignore[attr-defined]  # a bentoml S
     open_paths=OPTIONS.open_paths,
     max_body_bytes=OPTIONS.max_body_bytes,
 )
+# Before the worker builds its ASGI app from this service: the guard goes in front of BentoML's tracing,
+# timeout and context middleware (serving.guard.front_middlewares).
+put_guard_in_front()

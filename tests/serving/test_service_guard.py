@@ -3,8 +3,10 @@
 Proves: with SLIPWAY_API_KEYS set, /predict without a key or with a wrong one gets 401 (the key never echoed)
 and the right key 200, while health and /metrics stay open; auth is off by default; bodies over
 SLIPWAY_MAX_BODY_BYTES get 413 naming the limit, by Content-Length and when chunked; /metrics counts rows,
-errors by kind and names the model served, summed over two workers; every served row reaches the inference
-log by the time a SIGTERMed server has stopped; an unwritable log store costs no request, only counted rows.
+errors by kind and names the model served, summed over two workers; BentoML's request metrics and access log
+still see every /predict answer with the guard in front of its other middleware; every served row reaches the
+inference log by the time a SIGTERMed server has stopped; an unwritable log store costs no request, only counted
+rows.
 """
 
 # ruff: noqa: F811  (the fixtures imported from test_bento are used by name)
@@ -188,6 +190,37 @@ def test_metrics_count_rows_errors_and_name_the_model(guarded: RunningServer, ex
         assert delta == expected, kind
     assert metric(after, "slipway_model_info", model_name="Breast-Cancer Classifier", model_version="3") == 1
     assert "slipway_inference_log_rows_dropped_total" in after
+
+
+def test_bentoml_request_metrics_and_access_log_still_see_every_predict(
+    guarded: RunningServer, example_model: ExampleModel
+):
+    # Given the guard in front of BentoML's tracing and timeout middleware, behind its metrics and access log
+    auth = {"authorization": f"Bearer {KEYS[0]}"}
+    before = scrape(guarded)
+    # When /predict is answered 200 four times (fast path), 400 once and 401 once
+    for _ in range(4):
+        assert httpx.post(f"{guarded.url}/predict", json=records(example_model, 1), headers=auth).status_code == 200
+    assert httpx.post(f"{guarded.url}/predict", json={"records": []}, headers=auth).status_code == 400
+    assert httpx.post(f"{guarded.url}/predict", json=records(example_model, 1)).status_code == 401
+    after = scrape(guarded)
+
+    # Then BentoML's request histograms and counters count each answer under its status, with BentoML's labels
+    def delta(name: str, code: str) -> float:
+        labels = {"endpoint": "/predict", "http_response_code": code, "runner_name": "slipway"}
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    for code, expected in (("200", 4), ("400", 1), ("401", 1)):
+        assert delta("bentoml_service_request_duration_seconds_count", code) == expected, code
+        assert delta("bentoml_service_request_total", code) == expected, code
+    assert delta("bentoml_service_request_duration_seconds_bucket", "200") > 0
+    assert metric(after, "bentoml_service_request_in_progress", endpoint="/predict") == 0
+    # And BentoML's access log (on by default) still has a line per answer
+    deadline = time.monotonic() + 10
+    pattern = re.compile(r"method=POST,path=/predict.*\(status=(200|400|401)")
+    while len(pattern.findall(guarded.log_path.read_text())) < 6 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {"200", "400", "401"} <= set(pattern.findall(guarded.log_path.read_text()))
 
 
 def test_unwritable_log_store_keeps_serving_and_counts_the_loss(guarded: RunningServer, example_model: ExampleModel):
