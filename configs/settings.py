@@ -221,6 +221,24 @@ class MonitorSettings(Section):
     sync_interval_s: float = Field(60.0, gt=0, description="Interval of the `sync` deployment (registry -> serving).")
 
 
+class StackSettings(Section):
+    """The local service `slipway up` starts on 127.0.0.1: Prefect server, MLflow UI, the deployments process."""
+
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Port of the Prefect server (API and UI).")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow UI (`mlflow server`).")
+    mlflow_workers: int = Field(1, ge=1, description="uvicorn workers of the MLflow UI (its own default, 4, is a lot).")
+    prefect_ready_timeout_s: float = Field(
+        180.0, gt=0, description="Seconds the Prefect server may take to answer /api/health (a fresh DB migrates)."
+    )
+    mlflow_ready_timeout_s: float = Field(120.0, gt=0, description="Seconds the MLflow UI may take to answer /health.")
+    deployments_ready_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds the deployments process may take until all its deployments poll the API."
+    )
+    stop_grace_s: float = Field(
+        30.0, gt=0, description="`slipway down`: seconds each process gets after SIGTERM before it is killed."
+    )
+
+
 class Settings(Section):
     """The whole slipway configuration."""
 
@@ -234,6 +252,7 @@ class Settings(Section):
     promotion: PromotionSettings = PromotionSettings()
     serving: ServingSettings = ServingSettings()
     monitor: MonitorSettings = MonitorSettings()
+    stack: StackSettings = StackSettings()
 
     # Derived locations. Properties, not fields, so that one `project.home` moves all of them.
     @property

@@ -14,7 +14,9 @@ from rich.table import Table
 from configs import ConfigError, LoadedConfig, config_schema, load_config, process_environment
 
 if TYPE_CHECKING:
-    from tasks.deploy import DeployResult, ServingStatus
+    from tasks.deploy import DeployResult, DeployTarget, ServingStatus
+    from tasks.image import ImageBuild, ImageContext
+    from tasks.stack import ComponentStatus, Launch
     from tasks.types import HistoryEntry, ReleaseSummary
 
 console = Console(soft_wrap=True)
@@ -256,17 +258,22 @@ def status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON instead of a table.")] = False,
 ) -> None:
-    """Show what is serving: model version, Bento tag, URL, pids, uptime and health. Exits 0 only when the
-    server is healthy, 1 otherwise (stopped, degraded or stale)."""
+    """Show what is serving: model version, Bento tag, URL, pids, uptime and health; and the processes `slipway up`
+    started (name, pid, URL, alive). Exits 0 only when the server is healthy and every one of those processes is
+    alive, 1 otherwise (stopped, degraded or stale)."""
     loaded = _load(env, config)
     from tasks.deploy import serving_status
+    from tasks.stack import stack_status
 
     current = serving_status(loaded.settings.home)
+    processes = stack_status(loaded.settings.home)
     if as_json:
-        console.print(current.model_dump_json(), highlight=False, soft_wrap=True)
+        payload = {**current.model_dump(mode="json"), "stack": [p.model_dump(mode="json") for p in processes]}
+        console.print(json.dumps(payload), highlight=False, soft_wrap=True)
     else:
         _print_status(current)
-    if current.condition != "serving":
+        _print_stack(processes)
+    if current.condition != "serving" or not all(p.alive for p in processes):
         raise typer.Exit(1)
 
 
@@ -285,6 +292,132 @@ def stop_cmd(env: EnvOption = None, config: ConfigOption = None) -> None:
         console.print("nothing was serving", highlight=False)
     for line in result.stopped:
         console.print(f"[bold]stopped[/]  {line}", highlight=False)
+
+
+@app.command("image")
+def image_cmd(
+    version: Annotated[
+        str | None,
+        typer.Argument(help="Model version whose Bento to containerize (default: the version the champion points at)."),
+    ] = None,
+    dockerfile_only: Annotated[
+        bool,
+        typer.Option("--dockerfile-only", help="Only write the Dockerfile and its build context; build no image."),
+    ] = False,
+    tag: Annotated[
+        str | None, typer.Option("--tag", "-t", help="Image tag (default: the Bento tag, NAME:VERSION).")
+    ] = None,
+    env: EnvOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Build the container image of the champion's Bento (or VERSION's) with Docker. BentoML's Dockerfile and its
+    build context are written under <project.home>/images/ first, so they are there even without a Docker engine
+    (DOCKER_HOST, else the local socket); without one the command exits 1 saying so."""
+    loaded = _load(env, config)
+    s = loaded.settings
+    console.rule(f"[bold]slipway image[/] {s.model.name} {'v' + version if version else s.promotion.champion_alias}")
+    from tasks.deploy import resolve_target
+    from tasks.errors import SlipwayError
+    from tasks.image import build_image, connect_engine, write_build_context
+    from tasks.resources import registry_from_settings
+
+    try:
+        registry = registry_from_settings(s)
+        target = resolve_target.fn(registry, s.model.name, s.promotion.champion_alias, s.bentoml_home, version)
+        console.print(f"Bento {target.bento.tag} ({target.reason}): writing its Dockerfile", highlight=False)
+        context = write_build_context(target.bento.tag, s.bentoml_home, s.home)
+        image_tag = tag or context.bento_tag
+        if dockerfile_only:
+            _print_image(target, context, image_tag, None)
+            return
+        console.print(f"Dockerfile: {context.dockerfile}", highlight=False)
+        client = connect_engine(os.environ, context)
+        console.print(f"building {image_tag} on {client.api.base_url}", highlight=False)
+        built = build_image(
+            client, context, image_tag, on_progress=lambda line: console.print(line, style="dim", markup=False)
+        )
+    except SlipwayError as exc:
+        raise _fail(exc) from None
+    _print_image(target, context, image_tag, built)
+
+
+@app.command("monitor")
+def monitor_cmd(
+    window_minutes: Annotated[
+        float | None,
+        typer.Option("--window-minutes", "-w", help="Judge the last N minutes (default: monitor.window_minutes)."),
+    ] = None,
+    env: EnvOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the monitor once: drift, data quality and latency of what serving saw, the decided action (retrain,
+    roll back, redeploy or nothing, with guardrails) carried out when monitor.act is true, and the report."""
+    loaded = _load(env, config)
+    console.rule(f"[bold]slipway monitor[/] {loaded.settings.model.name}")
+    from flows.monitor import monitor_flow
+    from tasks.errors import SlipwayError
+
+    try:
+        verdict = monitor_flow(env=env, config_file=_opt(config), window_minutes=window_minutes)
+    except (SlipwayError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    console.print(verdict.to_markdown(), highlight=False)
+
+
+@app.command("sync")
+def sync_cmd(env: EnvOption = None, config: ConfigOption = None) -> None:
+    """Make serving follow the champion alias: an alias moved in the MLflow UI is recorded in the history as a
+    manual move and deployed. Starts nothing when nothing is serving."""
+    _load(env, config)
+    from flows.sync import sync_flow
+    from tasks.errors import SlipwayError
+
+    try:
+        result = sync_flow(env=env, config_file=_opt(config))
+    except SlipwayError as exc:
+        raise _fail(exc) from None
+    console.print(result.detail, highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    latest: Annotated[bool, typer.Option("--latest", help="Open the newest report (HTML) instead of listing.")] = False,
+    limit: Annotated[int, typer.Option(help="How many recent verdicts to list.")] = 20,
+    env: EnvOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List recent monitor verdicts with the path of each report; --latest opens the newest one."""
+    loaded = _load(env, config)
+    from tasks.observe import read_verdicts
+
+    records = read_verdicts(loaded.settings.monitor_dir)
+    if not records:
+        console.print(f"no monitor verdicts yet in {loaded.settings.monitor_dir} (`slipway monitor` runs one)")
+        raise typer.Exit(1)
+    if latest:
+        newest = records[-1]
+        target = newest.html or newest.report_dir / "verdict.md"
+        console.print(f"{newest.decided_at:%Y-%m-%d %H:%M:%S} UTC {newest.status} -> {newest.action}", highlight=False)
+        console.print(str(target), highlight=False, soft_wrap=True)
+        if os.environ.get("SLIPWAY_NO_BROWSER") != "1":
+            import webbrowser
+
+            webbrowser.open(target.resolve().as_uri())
+        return
+    table = Table(title=f"monitor verdicts ({loaded.settings.model.name})")
+    for column in ("decided (UTC)", "version", "status", "action", "rows", "drift share", "report"):
+        table.add_column(column)
+    for record in records[-limit:]:
+        table.add_row(
+            f"{record.decided_at:%Y-%m-%d %H:%M:%S}",
+            record.model_version or "-",
+            record.status,
+            record.action,
+            str(record.rows),
+            f"{record.drift_share:.2f}" if record.drift_share is not None else "-",
+            str(record.html or record.report_dir),
+        )
+    console.print(table)
 
 
 def _opt(path: Path | None) -> str | None:
@@ -394,6 +527,196 @@ def _print_status(current: ServingStatus) -> None:
         rows.append(("orphans", f"servers running outside the state: pids {list(current.orphans)} (slipway stop)"))
     for label, value in rows:
         console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
+
+
+def _print_image(target: DeployTarget, context: ImageContext, image_tag: str, built: ImageBuild | None) -> None:
+    bento = target.bento
+    outcome = f"[bold green]image {built.image_tag}[/]" if built else "[bold green]Dockerfile written[/]"
+    console.rule(f"{bento.model_name} v{bento.model_version}: {outcome}")
+    rows: list[tuple[str, Any]] = [
+        ("Bento", f"{bento.tag}  ({target.reason})"),
+        ("Dockerfile", f"{context.dockerfile}  (FROM {context.base_image})"),
+        ("ports", ", ".join(str(port) for port in context.ports) or "none exposed"),
+        ("context", str(context.folder)),
+    ]
+    if built:
+        rows += [
+            ("image", f"{built.image_tag}  {built.image_id}"),
+            ("took", f"{built.seconds:.1f} s on {built.engine}"),
+            ("next", f"docker run --rm -p 3000:3000 {built.image_tag}"),
+        ]
+    else:
+        rows.append(("next", context.build_command(image_tag)))
+    for label, value in rows:
+        console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
+
+
+@app.command()
+def up(env: EnvOption = None, config: ConfigOption = None) -> None:
+    """Run slipway as a local service on 127.0.0.1: the Prefect server (stack.prefect_port), the MLflow UI
+    (stack.mlflow_port), the champion's endpoint (serving.port, when there is a champion) and one process serving
+    the deployments: monitor (monitor.schedule_cron), sync (every monitor.sync_interval_s) and train (on demand).
+    What runs already is reported and left alone. `slipway status` shows it all, `slipway down` stops it."""
+    loaded = _load(env, config)
+    s = loaded.settings
+    console.rule(f"[bold]slipway up[/] {s.model.name}")
+    from flows.serve import deployment_specs
+    from tasks import stack
+    from tasks.errors import SlipwayError
+
+    specs = deployment_specs(s.monitor)
+    try:
+        with stack.stack_lock(s.home):
+            for gone in stack.clear_stale(s.home):
+                console.print(f"{'cleared':>11}  {gone.title} (pid {gone.pid}) had stopped", highlight=False)
+            servers = [stack.prefect_server(s), stack.mlflow_ui(s)]
+            stack.check_ports(s.home, servers)  # before anything starts: all or nothing
+            launches = [stack.start_component(s.home, spec) for spec in servers]  # both start up at once
+            for launch in launches:
+                _print_launch(launch, None)
+            for spec, launch in zip(servers, launches, strict=True):
+                _print_launch(launch, stack.wait_ready(s.home, launch, spec))
+            endpoint, serving_failed = _serve_champion(loaded)
+            spec = stack.deployments_process(s, env, config, Path.cwd())
+            launch = stack.start_component(s.home, spec)
+            _print_launch(launch, None)
+            polled = stack.deployments_polled(
+                stack.prefect_api_url(s), tuple(d.name for d in specs), launch.process.started_at
+            )
+            _print_launch(launch, stack.wait_ready(s.home, launch, spec, polled))
+    except SlipwayError as exc:
+        err.print("what did start keeps running: `slipway status` shows it, `slipway down` stops it", highlight=False)
+        raise _fail(exc) from None
+    schedules = ", ".join(
+        f"{d.name} ({f'cron {d.cron}' if d.cron else f'every {d.interval_s:g} s' if d.interval_s else 'on demand'})"
+        for d in specs
+    )
+    console.rule("[bold green]slipway is up[/]" if endpoint else "[bold yellow]slipway is up, not serving[/]")
+    rows: list[tuple[str, Any]] = [
+        ("Prefect UI", f"http://{stack.HOST}:{s.stack.prefect_port}"),
+        ("MLflow UI", f"http://{stack.HOST}:{s.stack.mlflow_port}"),
+        ("endpoint", f"{endpoint}/predict" if endpoint else "not serving"),
+        ("deployments", schedules),
+        ("run train", f"PREFECT_API_URL={stack.prefect_api_url(s)} prefect deployment run train/train"),
+        ("logs", str(s.home / "logs")),
+        ("next", "slipway status | slipway down"),
+    ]
+    for label, value in rows:
+        console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
+    if serving_failed:
+        raise typer.Exit(1)  # there is a champion and it could not be served: the error is printed above
+
+
+@app.command()
+def down(env: EnvOption = None, config: ConfigOption = None) -> None:
+    """Stop what `slipway up` started, in a safe order: the deployments process first (a run in progress stops
+    with it), then serving (after the requests in flight), the MLflow UI, and the Prefect server last."""
+    loaded = _load(env, config)
+    s = loaded.settings
+    from tasks import stack
+    from tasks.deploy import stop_serving
+    from tasks.errors import SlipwayError
+
+    grace = s.stack.stop_grace_s
+    stopped: list[str] = []
+    failures: list[SlipwayError] = []
+
+    def stop(name: str) -> None:
+        try:
+            process = stack.stop_component(s.home, name, grace)
+        except SlipwayError as exc:  # the next ones are still stopped; the error is reported at the end
+            failures.append(exc)
+            return
+        if process is not None:
+            stopped.append(f"{process.title} (pid {process.pid}) on {process.url}")
+
+    with stack.stack_lock(s.home):
+        # The deployments first, with SIGTERM: a serve() process ignores SIGINT while a run is active, and one
+        # whose Prefect server is gone hangs retrying it. The Prefect server last: the others report to it.
+        stop(stack.DEPLOYMENTS)
+        try:
+            stopped.extend(stop_serving.fn(s.home, grace_s=grace).stopped)
+        except SlipwayError as exc:
+            failures.append(exc)
+        stop(stack.MLFLOW)
+        stop(stack.PREFECT)
+    if not stopped and not failures:
+        console.print("nothing was running", highlight=False)
+    for line in stopped:
+        console.print(f"[bold]stopped[/]  {line}", highlight=False)
+    if failures:
+        for failure in failures[1:]:
+            err.print(f"[bold red]{type(failure).__name__}[/]: {failure}", highlight=False)
+        raise _fail(failures[0])
+
+
+def _serve_champion(loaded: LoadedConfig) -> tuple[str | None, bool]:
+    """`slipway up`'s serving step: the endpoint URL (None when nothing serves) and whether serving failed."""
+    s = loaded.settings
+    from tasks.deploy import deploy_bento, resolve_target, serving_status
+    from tasks.errors import SlipwayError
+    from tasks.resources import registry_from_settings
+
+    current = serving_status(s.home)
+    if current.condition == "serving" and current.state is not None:
+        backend = current.state.backend
+        console.print(
+            f"[yellow]{'running':>11}[/]  serving {backend.model_name} v{backend.model_version} on "
+            f"{current.state.front.url} (pid {current.state.front.pid}), left alone",
+            highlight=False,
+        )
+        return current.state.front.url, False
+    registry = registry_from_settings(s)
+    if s.promotion.champion_alias not in registry.aliases(s.model.name):
+        console.print(
+            f"[yellow]{'skipped':>11}[/]  serving: {s.model.name} has no {s.promotion.champion_alias} yet "
+            "(`slipway train` releases one; `slipway deploy` serves it, and from then on the sync deployment "
+            "keeps serving the champion)",
+            highlight=False,
+        )
+        return None, False
+    try:
+        target = resolve_target.fn(registry, s.model.name, s.promotion.champion_alias, s.bentoml_home)
+        console.print(f"{'starting':>11}  serving {target.bento.tag} ({target.reason})", highlight=False)
+        result = deploy_bento.fn(target.bento.tag, s.serving, s.home, s.bentoml_home, s.inference_log_url)
+    except SlipwayError as exc:
+        err.print(f"[bold red]{'failed':>11}[/]  serving: {type(exc).__name__}: {exc}", highlight=False)
+        return None, True
+    console.print(
+        f"[green]{'started':>11}[/]  serving {target.bento.tag} on {result.url} (ready in {result.ready_s:.1f} s)",
+        highlight=False,
+    )
+    return result.url, False
+
+
+def _print_launch(launch: Launch, ready_s: float | None) -> None:
+    process = launch.process
+    where = f"{process.url}  pid {process.pid}"
+    if not launch.started:
+        if ready_s is not None:
+            console.print(f"[yellow]{'running':>11}[/]  {process.title}  {where}, left alone", highlight=False)
+    elif ready_s is None:
+        console.print(f"{'starting':>11}  {process.title}  {where}  (log: {process.log_path})", highlight=False)
+    else:
+        console.print(f"[green]{'ready':>11}[/]  {process.title}  {where}  in {ready_s:.1f} s", highlight=False)
+
+
+def _print_stack(processes: list[ComponentStatus]) -> None:
+    if not processes:
+        console.print(f"[bold]{'stack':>14}[/]  not started (`slipway up` starts it)", highlight=False)
+        return
+    for status in processes:
+        process = status.process
+        if not status.alive:
+            state = "[red]dead[/]"
+        elif status.healthy is False:
+            state = f"[yellow]alive, not answering {process.health_url}[/]"
+        else:
+            state = "[green]alive[/]"
+        children = len(status.pids) - (1 if status.alive else 0)  # a serving process's children are its flow runs
+        extra = f", {children} more process{'es' if children > 1 else ''} in its group" if children else ""
+        where = f"{process.url}  (log: {process.log_path})"
+        console.print(f"[bold]{process.title:>14}[/]  {state}  pid {process.pid}{extra}  {where}", highlight=False)
 
 
 def main() -> None:
