@@ -1,4 +1,13 @@
-"""The inference log: every served prediction, one row per predicted row, in a SQL table monitoring reads.
+"""The inference log: every served prediction, in a SQL table monitoring reads.
+
+One table row per request: its time, id, model and version, latency, the number of rows it predicted
+(`n_rows`), and its features, predictions and probabilities as JSON in columns ({"feature": [values...]},
+[predictions...], [[probabilities...]...]); `read_window` expands them back to one DataFrame row per
+prediction. A row per prediction would cost the writer a database row, a JSON document and an index entry
+per predicted row: at 100-row requests that is ~100k rows a second on two cores, more than one writer thread
+per worker can insert into SQLite beside the requests (it fell behind and dropped rows). A request's columns
+are one JSON document whatever its size. In SQL, one row per prediction is
+`json_each`/`json_array_elements` away.
 
 Writing never touches the request path: `InferenceLog.record` (or `record_request`) appends the request's
 rows to an in-memory deque under a lock held for a few microseconds, and ONE daemon writer thread per
@@ -40,6 +49,7 @@ Create the InferenceLog in the worker (the service's __init__), not at import: t
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import logging
 import math
@@ -49,6 +59,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +76,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    cast,
     create_engine,
     event,
     inspect,
@@ -137,6 +150,35 @@ class LoggedRequest:
         """Rows in the request (one prediction each)."""
         return len(self.predictions)
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[LoggedRow]) -> list[LoggedRequest]:
+        """Rows as requests in columns: each run of consecutive rows with one request id is one request, its
+        features the union of the rows' (None where a row lacks one), its time and latency its first row's."""
+        requests: list[LoggedRequest] = []
+        start = 0
+        while start < len(rows):
+            first = rows[start]
+            end = start + 1
+            while end < len(rows) and rows[end].request_id == first.request_id:
+                end += 1
+            group = rows[start:end]
+            names = list(dict.fromkeys(name for row in group for name in row.features))
+            has_probabilities = any(row.probabilities is not None for row in group)
+            requests.append(
+                cls(
+                    request_id=first.request_id,
+                    model_name=first.model_name,
+                    model_version=first.model_version,
+                    features={name: [row.features.get(name) for row in group] for name in names},
+                    predictions=[row.prediction for row in group],
+                    latency_ms=first.latency_ms,
+                    probabilities=[row.probabilities for row in group] if has_probabilities else None,  # type: ignore[misc]
+                    ts=first.ts,
+                )
+            )
+            start = end
+        return requests
+
     def rows(self) -> list[LoggedRow]:
         """The request as one LoggedRow per predicted row."""
         names = list(self.features)
@@ -172,7 +214,7 @@ def safe_url(url: str | URL) -> str:
 
 
 def inference_log_table(metadata: MetaData, name: str = "inference_log") -> Table:
-    """The inference log table: one row per predicted row."""
+    """The inference log table: one row per request, its rows' features and outputs as JSON columns."""
     if not _TABLE_NAME.match(name):
         raise ValueError(f"inference log table name {name!r} must be a plain identifier of at most 40 characters")
     return Table(
@@ -185,11 +227,11 @@ def inference_log_table(metadata: MetaData, name: str = "inference_log") -> Tabl
         Column("request_id", String, nullable=False, index=True),
         Column("model_name", String, nullable=False),
         Column("model_version", String, nullable=False, index=True),
-        Column("row_index", Integer, nullable=False),
+        Column("n_rows", Integer, nullable=False),
         # JSON, not JSONB, on PostgreSQL: cheaper to insert, and it keeps the features as sent (key order).
-        Column("features", JSON, nullable=False),
-        Column("prediction", JSON),
-        Column("probabilities", JSON(none_as_null=True), nullable=True),
+        Column("features", JSON, nullable=False),  # {"feature": [one value per row]}
+        Column("predictions", JSON, nullable=False),  # [one prediction per row]
+        Column("probabilities", JSON(none_as_null=True), nullable=True),  # [[class probabilities] per row]
         Column("latency_ms", Float, nullable=False),
     )
 
@@ -223,12 +265,43 @@ def _finite(value: Any) -> Any:
 _ENCODER = json.JSONEncoder(allow_nan=False, default=_json_default, separators=(",", ":"))
 
 
-def _json_dumps(value: Any) -> str:
-    """Compact JSON; the slower NaN-cleaning path only when a value is not finite."""
+def _stdlib_dumps(value: Any) -> str:
+    """Compact JSON with the standard library; the slower NaN-cleaning path only when a value is not finite."""
     try:
         return _ENCODER.encode(value)
     except ValueError:
         return _ENCODER.encode(_finite(value))
+
+
+try:
+    import orjson
+
+    # NaN and infinities become null (as _finite does), numpy scalars and arrays become numbers.
+    _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+    def _json_dumps(value: Any) -> str:
+        """Compact JSON with orjson (~10x the standard library: the writer thread shares the GIL with
+        requests); the standard library for what orjson refuses (integers beyond 64 bits, non-string keys)."""
+        try:
+            return orjson.dumps(value, default=_json_default, option=_ORJSON_OPTIONS).decode()
+        except TypeError:
+            return _stdlib_dumps(value)
+
+    def _json_loads(text: Any) -> Any:
+        """orjson, with the standard library for what orjson refuses; None and numbers pass through (SQLite
+        stores a JSON scalar with the column's NUMERIC affinity)."""
+        if not isinstance(text, str):
+            return text
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+
+except ImportError:  # pragma: no cover - orjson is a dependency of slipway and of the Bento
+    _json_dumps = _stdlib_dumps
+
+    def _json_loads(text: Any) -> Any:
+        return json.loads(text) if isinstance(text, str) else text
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -332,27 +405,89 @@ def _entry_rows(entry: _Entry) -> int:
     return entry.n_rows if isinstance(entry, LoggedRequest) else len(entry)
 
 
-def _row_params(row: LoggedRow) -> dict[str, Any]:
-    return {
-        "ts": _as_utc(row.ts),
-        "request_id": row.request_id,
-        "model_name": row.model_name,
-        "model_version": row.model_version,
-        "row_index": row.row_index,
-        "features": dict(row.features),
-        "prediction": row.prediction,
-        "probabilities": list(row.probabilities) if row.probabilities is not None else None,
-        "latency_ms": float(row.latency_ms),
-    }
+def _requests(entries: Sequence[_Entry]) -> Iterator[LoggedRequest]:
+    """The entries as requests in columns, in recording order."""
+    for entry in entries:
+        if isinstance(entry, LoggedRequest):
+            yield entry
+        else:
+            yield from LoggedRequest.from_rows(entry)
+
+
+def _columns(request: LoggedRequest) -> Mapping[str, Any]:
+    # A plain dict for the encoder (a feature's values may be a list or a numpy array).
+    return request.features if type(request.features) is dict else dict(request.features)
+
+
+def _probabilities(request: LoggedRequest) -> Any:
+    probabilities = request.probabilities
+    if probabilities is None or hasattr(probabilities, "tolist"):
+        return probabilities
+    return [list(p) if p is not None and not isinstance(p, list) else p for p in probabilities]
 
 
 def _insert_params(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
-    """One parameter dict per row, in recording order."""
-    params: list[dict[str, Any]] = []
-    for entry in entries:
-        rows = entry.rows() if isinstance(entry, LoggedRequest) else entry
-        params.extend(_row_params(row) for row in rows)
-    return params
+    """One parameter dict per request, for SQLAlchemy's insert (the JSON type encodes the JSON columns)."""
+    return [
+        {
+            "ts": _as_utc(request.ts),
+            "request_id": request.request_id,
+            "model_name": request.model_name,
+            "model_version": request.model_version,
+            "n_rows": request.n_rows,
+            "features": _columns(request),
+            "predictions": request.predictions,
+            "probabilities": _probabilities(request),
+            "latency_ms": float(request.latency_ms),
+        }
+        for request in _requests(entries)
+    ]
+
+
+def _sqlite_rows(entries: Sequence[_Entry], ts_processor: Callable[[Any], Any] | None) -> list[tuple[Any, ...]]:
+    """One parameter tuple per request in the column order of _raw_insert_sql, each value as SQLAlchemy's
+    types would store it on SQLite: JSON encoded here (probabilities None is SQL NULL, as the column's
+    none_as_null says), the time by the DateTime type's own processor."""
+    dumps = _json_dumps
+    rows = []
+    for request in _requests(entries):
+        ts = _as_utc(request.ts)
+        probabilities = _probabilities(request)
+        rows.append(
+            (
+                ts_processor(ts) if ts_processor is not None else ts,
+                request.request_id,
+                request.model_name,
+                request.model_version,
+                request.n_rows,
+                dumps(_columns(request)),
+                dumps(request.predictions),
+                dumps(probabilities) if probabilities is not None else None,
+                float(request.latency_ms),
+            )
+        )
+    return rows
+
+
+_RAW_COLUMNS = (
+    "ts",
+    "request_id",
+    "model_name",
+    "model_version",
+    "n_rows",
+    "features",
+    "predictions",
+    "probabilities",
+    "latency_ms",
+)
+
+
+def _raw_insert_sql(table: Table, engine: Engine) -> str:
+    """The INSERT that _sqlite_rows' tuples fill, in the DB-API's qmark style (sqlite3)."""
+    quote = engine.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in _RAW_COLUMNS)
+    marks = ", ".join("?" for _ in _RAW_COLUMNS)
+    return f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({marks})"
 
 
 def _positive_env(environ: Mapping[str, str], name: str, default: float, kind: Callable[[str], Any]) -> Any:
@@ -397,6 +532,13 @@ class InferenceLog:
         # Built now (no connection yet) so a bad URL or a missing driver fails at startup, not per batch.
         self._engine = create_log_engine(self._url, writer=True)
         self._insert = self.table.insert()
+        # SQLite (the default store): rows go to sqlite3's executemany as ready tuples. SQLAlchemy's executemany
+        # runs every value of every row through its type processors in Python, on the thread that shares the
+        # worker's GIL with the requests: at 100-row requests the writer fell behind and dropped rows. Other
+        # databases keep SQLAlchemy's path (its insertmanyvalues batching matters more there).
+        dialect = self._engine.dialect
+        self._raw_insert = _raw_insert_sql(self.table, self._engine) if dialect.name == "sqlite" else None
+        self._ts_processor = self.table.c.ts.type.dialect_impl(dialect).bind_processor(dialect)
         self._metrics = _metrics_for(registry)
         self.rows_recorded = 0
         self.rows_written = 0
@@ -617,14 +759,19 @@ class InferenceLog:
 
     def _write(self, entries: list[_Entry], n_rows: int) -> bool:
         """Insert one batch in one transaction, retrying transient errors; count it written or dropped."""
-        params: list[dict[str, Any]] | None = None
+        params: list[Any] | None = None
         for delay in (*self._retry_delays(), None):
             try:
                 self._ensure_table()
                 with self._engine.begin() as connection:
-                    if params is None:  # built once connected, so a dead database costs no row work
-                        params = _insert_params(entries)
-                    connection.execute(self._insert, params)
+                    if self._raw_insert is not None:
+                        if params is None:  # built once connected, so a dead database costs no row work
+                            params = _sqlite_rows(entries, self._ts_processor)
+                        connection.exec_driver_sql(self._raw_insert, params)
+                    else:
+                        if params is None:
+                            params = _insert_params(entries)
+                        connection.execute(self._insert, params)
             except Exception as error:
                 self._table_ready = False
                 transient = _is_transient(error)
@@ -657,6 +804,9 @@ class InferenceLog:
             with self._engine.connect() as connection:
                 if not inspect(connection).has_table(self.table.name):
                     raise
+        with self._engine.connect() as connection:
+            columns = {column["name"] for column in inspect(connection).get_columns(self.table.name)}
+        _check_layout(columns, self.table.name, self.safe_url)  # an older log: every batch fails saying so
         self._table_ready = True
 
     def _dropped(self, n_rows: int, reason: str) -> None:
@@ -710,9 +860,13 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def _window_query(table: Table, since: datetime, until: datetime | None, model_version: str | None) -> Any:
+    # The JSON columns come back as text and read_window decodes them with orjson: SQLAlchemy's JSON type
+    # runs json.loads on every value, the larger part of reading a million rows. CAST is the same SQL on
+    # SQLite and PostgreSQL.
     query = select(
-        table.c.features,
-        table.c.prediction,
+        cast(table.c.features, Text).label("features"),
+        cast(table.c.predictions, Text).label("predictions"),
+        table.c.n_rows,
         table.c.ts,
         table.c.model_version,
         table.c.request_id,
@@ -735,16 +889,23 @@ def _fetch(url: str, query_for: Callable[[Table], Any], table: str) -> list[Any]
     engine = create_log_engine(parsed, writer=False)
     try:
         with engine.connect() as connection:
-            if not inspect(connection).has_table(table):
+            inspector = inspect(connection)
+            if not inspector.has_table(table):
                 raise InferenceLogError(f"no table {table!r} in {safe_url(parsed)}: nothing was logged there yet")
+            _check_layout({column["name"] for column in inspector.get_columns(table)}, table, safe_url(parsed))
             return list(connection.execute(query_for(inference_log_table(MetaData(), table))))
     finally:
         engine.dispose()
 
 
-def _iter_features(rows: Sequence[Any]) -> Iterator[Mapping[str, Any]]:
-    for row in rows:
-        yield row.features or {}
+def _check_layout(columns: set[str], table: str, where: str) -> None:
+    """InferenceLogError when the table is not one request per row (a log written by an older slipway)."""
+    missing = sorted({"n_rows", "features", "predictions"} - columns)
+    if missing:
+        raise InferenceLogError(
+            f"table {table!r} in {where} has no column {missing}: it holds an older slipway's inference log (one "
+            "row per prediction). Rename that table (or move its database file) aside; slipway then starts a new one."
+        )
 
 
 def read_window(
@@ -754,22 +915,69 @@ def read_window(
     model_version: str | None = None,
     table: str = "inference_log",
 ) -> pd.DataFrame:
-    """Logged rows with since <= ts < until: one column per feature, then prediction, ts (UTC), model_version,
-    request_id, latency_ms; ordered by time. Naive datetimes are taken as UTC."""
+    """Logged rows with since <= ts < until, one per prediction: one column per feature (NaN where a request
+    lacked it), then prediction, ts (UTC), model_version, request_id, latency_ms; ordered by time. Naive
+    datetimes are taken as UTC."""
     import pandas as pd  # here, not at import: the service does not need pandas to write
 
-    rows = _fetch(url, lambda t: _window_query(t, since, until, model_version), table)
-    features = pd.DataFrame.from_records(list(_iter_features(rows)))
-    clashes = sorted(set(features.columns) & set(META_COLUMNS))
-    if clashes:
-        raise InferenceLogError(f"features {clashes} have the names of inference log columns {list(META_COLUMNS)}")
-    meta = pd.DataFrame(
-        {
-            "prediction": pd.Series([row.prediction for row in rows], dtype=object),
-            "ts": pd.to_datetime([row.ts for row in rows], utc=True),
-            "model_version": pd.Series([row.model_version for row in rows], dtype=object),
-            "request_id": pd.Series([row.request_id for row in rows], dtype=object),
-            "latency_ms": pd.Series([row.latency_ms for row in rows], dtype="float64"),
-        }
-    )
-    return pd.concat([features, meta], axis=1)
+    with _gc_paused():
+        requests = _fetch(url, lambda t: _window_query(t, since, until, model_version), table)
+        columns: dict[str, list[Any]] = {}
+        predictions: list[Any] = []
+        ts: list[Any] = []
+        versions: list[Any] = []
+        request_ids: list[Any] = []
+        latencies: list[Any] = []
+        total = 0
+        for request in requests:
+            n = request.n_rows
+            features = _json_loads(request.features) or {}
+            for name, values in features.items():
+                if len(values) != n:
+                    raise InferenceLogError(
+                        f"request {request.request_id!r}: feature {name!r} has {len(values)} values for {n} rows"
+                    )
+                column = columns.get(name)
+                if column is None:
+                    column = columns[name] = [None] * total
+                column.extend(values)
+            total += n
+            if len(features) != len(columns):  # features this request did not have: None for its rows
+                for column in columns.values():
+                    column.extend([None] * (total - len(column)))
+            predictions.extend(_json_loads(request.predictions))
+            if n == 1:
+                ts.append(request.ts)
+                versions.append(request.model_version)
+                request_ids.append(request.request_id)
+                latencies.append(request.latency_ms)
+            else:
+                ts.extend([request.ts] * n)
+                versions.extend([request.model_version] * n)
+                request_ids.extend([request.request_id] * n)
+                latencies.extend([request.latency_ms] * n)
+        if len(predictions) != total:
+            raise InferenceLogError(f"the log holds {len(predictions)} predictions for {total} rows in {table!r}")
+        clashes = sorted(set(columns) & set(META_COLUMNS))
+        if clashes:
+            raise InferenceLogError(f"features {clashes} have the names of inference log columns {list(META_COLUMNS)}")
+        frame = pd.DataFrame(columns, index=pd.RangeIndex(total))
+        frame["prediction"] = pd.Series(predictions, dtype=object)
+        frame["ts"] = pd.to_datetime(ts, utc=True)
+        frame["model_version"] = pd.Series(versions, dtype=object)
+        frame["request_id"] = pd.Series(request_ids, dtype=object)
+        frame["latency_ms"] = pd.Series(latencies, dtype="float64")
+        return frame
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a window is read: it would walk the million row tuples
+    and feature dicts the read creates (none of them cyclic) again and again, which doubles a 1M-row read."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -108,10 +108,11 @@ def request_rows(request_id: str, n: int, model_version: str = "3", ts: datetime
 
 
 def count_rows(url: str, table: str) -> int:
+    """Predicted rows in the log (a table row is one request of n_rows rows)."""
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
-            return int(connection.execute(text(f'SELECT COUNT(*) FROM "{table}"')).scalar_one())
+            return int(connection.execute(text(f'SELECT COALESCE(SUM(n_rows), 0) FROM "{table}"')).scalar_one())
     finally:
         engine.dispose()
 
@@ -232,9 +233,62 @@ def test_columnar_requests_are_expanded_to_rows(sqlite_store: tuple[str, str], m
     ]
     engine = create_engine(url)
     with engine.connect() as connection:
-        stored = connection.execute(text(f"SELECT row_index, probabilities FROM {table} ORDER BY id")).all()
+        stored = connection.execute(text(f"SELECT n_rows, features, probabilities FROM {table} ORDER BY id")).all()
     engine.dispose()
-    assert [(i, json.loads(p)) for i, p in stored] == [(0, [0.1, 0.9]), (1, [0.8, 0.2]), (2, [0.3, 0.7])]
+    # One table row for the request, its columns as sent
+    assert [(n, json.loads(f), json.loads(p)) for n, f, p in stored] == [
+        (3, {"tenure": [1.0, 2.0, 3.0], "plan": ["pro", "basic", "pro"]}, [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    ]
+
+
+def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given the same requests (columnar and row lists; numpy values, NaN, infinity, a None prediction, no
+    probabilities, an integer beyond 64 bits) written once through the SQLite fast path (tuples to sqlite3's
+    executemany) and once through SQLAlchemy's typed insert, then every stored value is identical, one table
+    row per request."""
+    import numpy as np
+
+    entries: list[LoggedRequest | list[LoggedRow]] = [
+        LoggedRequest(
+            request_id="cols",
+            model_name="churn",
+            model_version="3",
+            features={"tenure": np.array([1.5, np.nan, np.inf], dtype=np.float32), "plan": ["pro", None, "x"]},
+            predictions=[np.int64(1), None, 2**70],
+            latency_ms=np.float64(2.5),
+            probabilities=np.array([[0.1, 0.9], [0.5, 0.5], [1.0, 0.0]]),
+            ts=T0,
+        ),
+        LoggedRequest("noproba", "churn", "3", {"tenure": [3.0]}, [0.25], 1.0, None, T0 + timedelta(seconds=1)),
+        request_rows("rows", 2, ts=(T0 + timedelta(seconds=2)).replace(tzinfo=None)),
+    ]
+    stored = []
+    for fast in (True, False):
+        url = sqlite_url(tmp_path / f"fast-{fast}.db")
+        log = InferenceLog(url, registry=metrics)
+        assert log._raw_insert is not None  # SQLite takes the fast path by default
+        if not fast:
+            log._raw_insert = None  # SQLAlchemy's executemany with the table's types, as for PostgreSQL
+        with log:
+            for entry in entries:
+                if isinstance(entry, LoggedRequest):
+                    log.record_request(entry)
+                else:
+                    log.record(entry)
+        assert (log.rows_written, log.rows_dropped) == (6, 0)
+        with sqlite3.connect(tmp_path / f"fast-{fast}.db") as connection:
+            stored.append(connection.execute("SELECT * FROM inference_log ORDER BY id").fetchall())
+    assert stored[0] == stored[1]
+    requests = [(n, json.loads(f), p) for (_, _, _, _, _, n, f, p, *_) in stored[0]]
+    # NaN and infinity are null; orjson refuses 2**70 and the standard library encodes it
+    assert requests[0] == (
+        3,
+        {"tenure": [1.5, None, None], "plan": ["pro", None, "x"]},
+        "[1,null,1180591620717411303424]",
+    )
+    assert requests[1] == (1, {"tenure": [3.0]}, "[0.25]")
+    assert requests[2][:2] == (2, {"tenure": [0.0, 1.0], "plan": ["basic", "pro"]})
+    assert [row[8] for row in stored[0]][1] is None  # no probabilities: SQL NULL
 
 
 def test_a_writer_locked_out_by_another_connection_waits_and_loses_nothing(
@@ -619,3 +673,21 @@ def test_a_bad_table_name_is_refused(tmp_path: Path, metrics: CollectorRegistry)
     """Given a table name that is not a plain identifier, then construction fails naming it."""
     with pytest.raises(ValueError, match="drop table"):
         InferenceLog(sqlite_url(tmp_path / "x.db"), table="drop table", registry=metrics)
+
+
+def test_a_log_of_the_old_layout_is_named_not_misread(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given a table written by an older slipway (one row per prediction), then reading it fails naming the
+    table and what to do, and the writer drops its batches (counted) with that message as the error."""
+    db = tmp_path / "inference_log.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "CREATE TABLE inference_log (id INTEGER PRIMARY KEY, ts DATETIME, request_id TEXT, model_name TEXT, "
+            "model_version TEXT, row_index INTEGER, features JSON, prediction JSON, probabilities JSON, "
+            "latency_ms REAL)"
+        )
+    with pytest.raises(InferenceLogError, match=r"no column \['n_rows', 'predictions'\].*older slipway"):
+        read_window(sqlite_url(db), since=T0)
+    with InferenceLog(sqlite_url(db), registry=metrics) as log:
+        log.record(request_rows("r", 3))
+    assert (log.rows_written, log.rows_dropped_write_failed) == (0, 3)
+    assert log.last_error is not None and "older slipway" in log.last_error
