@@ -40,7 +40,7 @@ from bentoml.models import BentoModel
 from serving import fastpath
 from serving.fastpath import FastPredict
 from serving.guard import RequestGuard, put_guard_in_front
-from serving.inference_log import InferenceLog, LoggedRequest
+from serving.inference_log import InferenceLog
 from serving.metrics import service_metrics
 from serving.options import OptionsError, options_from_env
 from serving.predictor import Predictor, request_id_from, response_of
@@ -108,16 +108,14 @@ class SlipwayService:
         response = response_of(SPEC, result, request_id, PredictResponse)
         self.metrics.prediction_rows.inc(len(result.predictions))
         if self.inference_log is not None:
-            self.inference_log.record_request(
-                LoggedRequest(
-                    request_id=request_id,
-                    model_name=SPEC.model_name,
-                    model_version=SPEC.model_version,
-                    features=columns,
-                    predictions=result.predictions,
-                    probabilities=result.probabilities,
-                    latency_ms=(time.perf_counter() - started) * 1000.0,
-                )
+            self.inference_log.record_columns(
+                request_id,
+                SPEC.model_name,
+                SPEC.model_version,
+                columns,
+                result.predictions,
+                result.probabilities,
+                (time.perf_counter() - started) * 1000.0,
             )
         return response
 

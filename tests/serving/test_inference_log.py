@@ -389,17 +389,20 @@ def test_rows_queued_while_the_store_is_down_are_written_when_it_is_back(
     assert count_rows(sqlite_url(blocker / "inference_log.db"), "inference_log") == 20
 
 
-def test_a_bad_batch_is_dropped_alone(sqlite_store: tuple[str, str], metrics: CollectorRegistry) -> None:
-    """Given one request whose rows cannot be stored, then only its batch is lost (counted, with the error)
-    and the requests around it are written."""
+def test_a_request_that_cannot_be_logged_is_dropped_alone(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given one request whose rows cannot be stored (a latency that is no number), then only it is lost,
+    counted as `invalid` with the error, and the requests around it are written."""
     url, table = sqlite_store
     bad = [replace(row, latency_ms="fast") for row in request_rows("bad", 5)]  # type: ignore[arg-type]
     with InferenceLog(url, table=table, batch_rows=5, registry=metrics) as log:
         log.record(request_rows("before", 5))
         log.record(bad)
         log.record(request_rows("after", 5))
-    assert (log.rows_written, log.rows_dropped_write_failed) == (10, 5)
-    assert log.last_error is not None and "ValueError" in log.last_error
+    assert (log.rows_written, log.rows_dropped_invalid, log.rows_dropped) == (10, 5, 5)
+    assert sample(metrics, "slipway_inference_log_rows_dropped_total", reason="invalid") == 5
+    assert log.last_error is not None and "'bad' not loggable: ValueError" in log.last_error
     assert read_window(url, since=T0, table=table)["request_id"].unique().tolist() == ["before", "after"]
 
 
