@@ -219,7 +219,7 @@ def models(env: EnvOption = None, config: ConfigOption = None) -> None:
             ", ".join(sorted(by_version.get(str(mv.version), []))),
             tags.get("slipway.status", ""),
             tags.get("slipway.gates", ""),
-            tags.get("slipway.onnx.variant", ""),
+            tags.get("slipway.optimize.variant", ""),
             tags.get("slipway.bento.tag", ""),
         )
     console.print(table)

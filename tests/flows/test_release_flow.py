@@ -58,6 +58,23 @@ def test_release_of_the_example_end_to_end(home: Path) -> None:
     assert "roc_auc" in run.data.metrics and run.data.tags["slipway.lineage.data_fingerprint"]
     assert any(a.path == "slipway" for a in reg.client.list_artifacts(summary.run_id))
     assert [e.action for e in read_history(reg, CLASSIFIER)] == ["release"]
+    # And `slipway models` shows the version with its aliases, gates, ONNX variant and Bento
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    listed = CliRunner().invoke(app, ["models"], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0, listed.output
+    line = next(line for line in listed.output.splitlines() if line.startswith(f"│ {summary.version} "))
+    cells = [cell.strip() for cell in line.strip("│").split("│")]
+    assert cells == [
+        summary.version,
+        "challenger, champion",
+        "released",
+        "passed",
+        summary.onnx_variant,
+        summary.bento_tag,
+    ]
 
 
 def test_worse_model_than_champion_is_rejected_and_champion_stays(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
