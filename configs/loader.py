@@ -1,7 +1,11 @@
-"""Layered config loading: base.yaml, then env/<env>.yaml, then an overlay file, then SLIPWAY__ variables.
+"""Layered config loading: base.yaml, then env/<env>.yaml, then an overlay file, then the secrets file
+(SLIPWAY_SECRETS_FILE), then SLIPWAY__ variables.
 
 Every leaf value remembers where it came from, so a validation error names the file (or the
-environment variable) and the dotted field path, before any work starts.
+environment variable) and the dotted field path, before any work starts. Secrets (serving.api_keys, a password
+in a database URL) are accepted only from the environment or the secrets file: a config file that holds one is
+refused, naming the file and the field but never the value. YAML aliases (`*name`) are refused: they let a few
+lines expand into gigabytes (the "billion laughs").
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ from configs.settings import Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent
 ENV_PREFIX = "SLIPWAY__"
+SECRETS_FILE_ENV = "SLIPWAY_SECRETS_FILE"
+# Fields that are secrets themselves, and URL fields whose password part is one.
+SECRET_FIELDS = (("serving", "api_keys"), ("stack", "postgres_password"))
+URL_FIELDS = (
+    ("serving", "inference_log_url"),
+    ("mlflow", "tracking_uri"),
+    ("mlflow", "registry_uri"),
+    ("data", "url"),
+    ("stack", "postgres_url"),
+)
+_SECRET_SOURCES = ("environment variable ", "secrets file ")  # and "environment": a whole section set by one
 
 
 class ConfigError(ValueError):
@@ -50,9 +65,21 @@ class LoadedConfig:
         return self.config_dir / "expectations" / name
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases: a few nested `*name` references expand into billions of nodes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML alias *{event.anchor} is not allowed in a slipway config", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_NoAliasLoader)  # a SafeLoader without aliases
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
     except yaml.YAMLError as exc:
@@ -77,9 +104,11 @@ def _merge(
             _merge(into[key], value, source, origin, path)
         else:
             into[key] = json.loads(json.dumps(value, default=str)) if isinstance(value, Mapping) else value
+            origin.pop(path, None)  # re-inserted: origin's order is the order values were last set in
             origin[path] = source
             if isinstance(value, Mapping):
                 for sub in _leaf_paths(value, path):
+                    origin.pop(sub, None)
                     origin[sub] = source
 
 
@@ -114,8 +143,59 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[s
     return layer, origin
 
 
+def _secret_problems(merged: Mapping[str, Any], origin: dict[tuple[str, ...], str]) -> list[str]:
+    """Secrets that came from a config file rather than the environment or the secrets file (values never shown)."""
+    problems = []
+
+    def value_at(path: tuple[str, ...]) -> Any:
+        node: Any = merged
+        for part in path:
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def from_file(path: tuple[str, ...]) -> str | None:
+        sources = {where for key, where in origin.items() if key[: len(path)] == path}
+        files = sorted(w for w in sources if w != "environment" and not w.startswith(_SECRET_SOURCES))
+        return files[0] if files else None
+
+    for path in SECRET_FIELDS:
+        source = from_file(path)
+        if value_at(path) not in (None, [], "") and source is not None:
+            dotted = ".".join(path)
+            problems.append(
+                f"{source}: {dotted}: a secret must not be in a config file; set "
+                f"{ENV_PREFIX}{'__'.join(p.upper() for p in path)} or put it in the {SECRETS_FILE_ENV} file"
+            )
+    for path in URL_FIELDS:
+        value = value_at(path)
+        source = from_file(path)
+        if isinstance(value, str) and source is not None and _has_password(value):
+            dotted = ".".join(path)
+            problems.append(
+                f"{source}: {dotted}: the URL holds a password, which must not be in a config file; set "
+                f"{ENV_PREFIX}{'__'.join(p.upper() for p in path)} or put it in the {SECRETS_FILE_ENV} file"
+            )
+    return problems
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
 def _where(loc: tuple[str | int, ...], origin: dict[tuple[str, ...], str], default: str) -> str:
     keys = tuple(str(part) for part in loc)
+    # A whole section judged at once (a model validator): the last layer that set anything in it is the culprit,
+    # not the base file that first created the section. Layers were merged in order, so the last-set key wins.
+    below = [where for key, where in origin.items() if len(key) > len(keys) and key[: len(keys)] == keys]
+    if below:
+        return below[-1]
     for end in range(len(keys), 0, -1):
         if keys[:end] in origin:
             return origin[keys[:end]]
@@ -142,9 +222,17 @@ def load_config(
     origin: dict[tuple[str, ...], str] = {}
     for path in files:
         _merge(merged, _read_yaml(path), str(path), origin)
+    secrets_file = environ.get(SECRETS_FILE_ENV, "").strip()
+    if secrets_file:
+        _merge(merged, _read_yaml(Path(secrets_file)), f"secrets file {secrets_file}", origin)
     env_values, env_origin = _env_layer(environ)
     _merge(merged, env_values, "environment", origin)
-    origin.update(env_origin)
+    for key, where in env_origin.items():
+        origin.pop(key, None)
+        origin[key] = where
+    problems = _secret_problems(merged, origin)
+    if problems:
+        raise ConfigError(problems)
 
     try:
         settings = Settings.model_validate(merged)

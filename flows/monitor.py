@@ -28,6 +28,7 @@ from tasks.monitor import (
     SloPolicy,
     decide_action,
     drift_run,
+    inference_log_loss,
     inputs_suite,
     latency_summary,
 )
@@ -83,7 +84,8 @@ def monitor_flow(
 
     serving = serving_status(s.home)
     version = serving.state.backend.model_version if serving.state is not None else None
-    latency = _latency(ctx, serving)
+    latency, scrape = _latency(ctx, serving)
+    log_loss = inference_log_loss(scrape) if scrape is not None else None
 
     since = since or now - timedelta(minutes=window_minutes or m.window_minutes)
     window = observe.read_live_window(s.inference_log_url, since, now, version)
@@ -113,6 +115,13 @@ def monitor_flow(
         now=now,
         model_version=version,
     )
+    if log_loss is not None:
+        # Never silent: rows the serving workers could not log are in the verdict, its reason and the report.
+        update: dict[str, object] = {"inference_log": log_loss}
+        if log_loss.rows_dropped:
+            log.warning("inference log: %s", log_loss.line())
+            update["reason"] = f"{verdict.reason}; inference log: {log_loss.line()}"
+        verdict = verdict.model_copy(update=update)
     report = observe.write_report(s.reports_dir, verdict, drift)
     verdict = verdict.model_copy(update={"report_path": report.html or report.folder})
     log.info("verdict: %s -> %s: %s", verdict.status, verdict.action, verdict.reason)
@@ -132,15 +141,16 @@ def monitor_flow(
     return verdict
 
 
-def _latency(ctx: FlowContext, serving: ServingStatus) -> LatencySummary | None:
-    """/predict latency since the last run's scrape; None when serving does not answer."""
+def _latency(ctx: FlowContext, serving: ServingStatus) -> tuple[LatencySummary | None, str | None]:
+    """/predict latency since the last run's scrape, and the last /metrics text; (None, None) when serving does
+    not answer."""
     s = ctx.settings
     if serving.state is None or serving.condition == "stale":
-        return None
+        return None, None
     base = serving.state.front.probe_url
     text = observe.scrape_metrics(base)
     if text is None:
-        return None
+        return None, None
     before = observe.load_last_scrape(s.monitor_dir)
     histogram = observe.histogram_of(text)
     window = histogram.minus(before) if before is not None else histogram
@@ -150,11 +160,11 @@ def _latency(ctx: FlowContext, serving: ServingStatus) -> LatencySummary | None:
         observe.probe(base, reference, s.monitor.slo.probe_requests, keys[0].get_secret_value() if keys else None)
         text = observe.scrape_metrics(base)
         if text is None:
-            return None
+            return None, None
         histogram = observe.histogram_of(text)
         window = histogram.minus(before) if before is not None else histogram
     observe.save_scrape(s.monitor_dir, histogram)
-    return latency_summary(window)
+    return latency_summary(window), text
 
 
 def _drift(

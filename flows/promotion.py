@@ -9,6 +9,7 @@ from tasks.errors import RegistryError
 from tasks.registry import (
     TAG_ROLLED_BACK,
     TAG_STATUS,
+    model_lock,
     move_aliases,
     read_history,
     rollback_target,
@@ -35,7 +36,8 @@ def promote(
             f"{name} v{version} was rejected by its gates ({tags.get('slipway.gates.failed', 'see its report')}); "
             "promote with --force to override"
         )
-    entry = move_aliases(ctx.registry, name, {alias: version}, "promote", actor(), reason)
+    with model_lock(ctx.settings.home / "locks", name, on_wait=get_run_logger().info):  # not during a release
+        entry = move_aliases(ctx.registry, name, {alias: version}, "promote", actor(), reason)
     if TAG_ROLLED_BACK in tags:
         # An explicit promotion says the version is good again: a later rollback may return to it.
         ctx.registry.client.delete_model_version_tag(name, version, TAG_ROLLED_BACK)
@@ -52,16 +54,17 @@ def rollback(
     """Move the champion back to the newest earlier champion that was not itself rolled back."""
     ctx = open_context(env, config_file)
     name, alias = ctx.settings.model.name, ctx.settings.promotion.champion_alias
-    current = ctx.registry.aliases(name).get(alias)
-    if current is None:
-        raise RegistryError(f"{name} has no {alias} to roll back")
-    history = read_history(ctx.registry, name)
-    mentioned = [m.to_version for e in history for m in e.moves] + [
-        m.from_version for e in history for m in e.moves if m.from_version
-    ]
-    target = rollback_target(history, alias, current, rolled_back_versions(ctx.registry, name, mentioned))
-    # Mark the bad version first: if the move then fails, a retry still will not pick it.
-    tag_version(ctx.registry, name, current, {TAG_ROLLED_BACK: reason})
-    entry = move_aliases(ctx.registry, name, {alias: target}, "rollback", actor(), reason)
+    with model_lock(ctx.settings.home / "locks", name, on_wait=get_run_logger().info):  # not during a release
+        current = ctx.registry.aliases(name).get(alias)
+        if current is None:
+            raise RegistryError(f"{name} has no {alias} to roll back")
+        history = read_history(ctx.registry, name)
+        mentioned = [m.to_version for e in history for m in e.moves] + [
+            m.from_version for e in history for m in e.moves if m.from_version
+        ]
+        target = rollback_target(history, alias, current, rolled_back_versions(ctx.registry, name, mentioned))
+        # Mark the bad version first: if the move then fails, a retry still will not pick it.
+        tag_version(ctx.registry, name, current, {TAG_ROLLED_BACK: reason})
+        entry = move_aliases(ctx.registry, name, {alias: target}, "rollback", actor(), reason)
     get_run_logger().info("%s: %s rolled back from v%s to v%s", name, alias, current, target)
     return entry

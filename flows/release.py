@@ -30,6 +30,7 @@ def release(
     if holdout is None:
         log.warning("run %s has no holdout artifact; evaluating on the configured data source instead", run_id)
         holdout = load_training_data(s.data)
+    registry.check_signature(reg, model_uri, holdout, s.data.target)
     native = registry.load_native_model(reg, model_uri)
     schema = convert.infer_schema(holdout, s.data.target, s.model.task, getattr(native, "classes_", None))
 
@@ -40,67 +41,71 @@ def release(
         "config_hash": ctx.loaded.settings_hash(),
         "git_commit": source_commit(ctx.loaded.config_dir) or "none",
     }
-    version = registry.register_version(reg, model_uri, name, lineage)
-    log.info("registered %s v%s from run %s", name, version.version, run_id)
-    workdir = s.home / "releases" / f"{name}-v{version.version}"
+    # One registry change of this model at a time: a second release waits here, then reads what this one left.
+    with registry.model_lock(s.home / "locks", name, on_wait=log.info):
+        version = registry.register_version(reg, model_uri, name, lineage)
+        log.info("registered %s v%s from run %s", name, version.version, run_id)
+        workdir = s.home / "releases" / f"{name}-v{version.version}"
 
-    try:
-        onnx_model = convert.to_onnx(native, schema, workdir / "model.onnx", s.convert.opset, s.convert.ml_opset)
-        native_predictions = optimize.native_predictions(native, holdout, schema)
-        candidates = optimize.build(onnx_model, workdir, s.optimize.quantize)
-        reports = [*candidates.skipped] + [
-            optimize.evaluate(c, onnx_model, holdout, native_predictions, s.gates.parity, s.optimize)
-            for c in candidates.built
-        ]
-        chosen = optimize.choose_candidate(reports)
-        registry.tag_version(reg, name, version.version, optimize.optimization_tags(chosen))
+        try:
+            onnx_model = convert.to_onnx(native, schema, workdir / "model.onnx", s.convert.opset, s.convert.ml_opset)
+            native_predictions = optimize.native_predictions(native, holdout, schema)
+            candidates = optimize.build(onnx_model, workdir, s.optimize.quantize)
+            reports = [*candidates.skipped] + [
+                optimize.evaluate(c, onnx_model, holdout, native_predictions, s.gates.parity, s.optimize)
+                for c in candidates.built
+            ]
+            chosen = optimize.choose_candidate(reports)
+            registry.tag_version(reg, name, version.version, optimize.optimization_tags(chosen))
 
-        checks = []
-        if s.gates.data.enabled:
-            checks.append(validate.validate_data(validate.load_suite(ctx.loaded.expectations_path()), holdout))
-        checks.append(validate.parity_check(chosen.chosen_parity, chosen.chosen.name))
-        champion = registry.load_champion(reg, name, s.promotion.champion_alias)
-        checks.append(validate.validate_quality(native, champion, holdout, schema, s.gates.quality))
-        checks.append(validate.latency_check(chosen.chosen_timing, s.gates.latency))
-        report = validate.gate_report(name, version.version, checks)
-        report_path = validate.write_report(report, s.reports_dir)
-        registry.record_gate_report(reg, version, report, report_path)
-        create_markdown_artifact(
-            key=f"gate-report-{_slug(name)}", markdown=report.to_markdown(), description=f"{name} v{version.version}"
+            checks = []
+            if s.gates.data.enabled:
+                checks.append(validate.validate_data(validate.load_suite(ctx.loaded.expectations_path()), holdout))
+            checks.append(validate.parity_check(chosen.chosen_parity, chosen.chosen.name))
+            champion = registry.load_champion(reg, name, s.promotion.champion_alias)
+            checks.append(validate.validate_quality(native, champion, holdout, schema, s.gates.quality))
+            checks.append(validate.latency_check(chosen.chosen_timing, s.gates.latency))
+            report = validate.gate_report(name, version.version, checks)
+            report_path = validate.write_report(report, s.reports_dir)
+            registry.record_gate_report(reg, version, report, report_path)
+            create_markdown_artifact(
+                key=f"gate-report-{_slug(name)}",
+                markdown=report.to_markdown(),
+                description=f"{name} v{version.version}",
+            )
+            if not report.passed:
+                raise GateFailed(report, str(report_path))
+
+            model_tag = package.save_bento_model(
+                chosen.chosen.path,
+                schema,
+                onnx_model.label_output,
+                onnx_model.score_output,
+                name,
+                version.version,
+                s.bentoml_home,
+            )
+            bento = package.build_bento(model_tag, _slug(name), s.bentoml_home)
+            registry.record_release(reg, version, chosen.chosen.path, bento)
+        except SlipwayError as exc:
+            registry.tag_version(
+                reg, name, version.version, {registry.TAG_STATUS: "rejected", "slipway.error": str(exc)[:4000]}
+            )
+            raise
+
+        decision = registry.decide_promotion(
+            report, s.promotion.policy, s.promotion.champion_alias, s.promotion.challenger_alias
         )
-        if not report.passed:
-            raise GateFailed(report, str(report_path))
+        targets = {s.promotion.challenger_alias: version.version} if decision.move_challenger else {}
+        if decision.move_champion:
+            targets[s.promotion.champion_alias] = version.version
+        if targets:
+            registry.move_aliases(reg, name, targets, "release", actor(), decision.reason)
+        log.info("promotion: %s", decision.reason)
+        if decision.move_champion and s.serving.deploy_on_release:
+            from flows.deploy import deploy
 
-        model_tag = package.save_bento_model(
-            chosen.chosen.path,
-            schema,
-            onnx_model.label_output,
-            onnx_model.score_output,
-            name,
-            version.version,
-            s.bentoml_home,
-        )
-        bento = package.build_bento(model_tag, _slug(name), s.bentoml_home)
-        registry.record_release(reg, version, chosen.chosen.path, bento)
-    except SlipwayError as exc:
-        registry.tag_version(
-            reg, name, version.version, {registry.TAG_STATUS: "rejected", "slipway.error": str(exc)[:4000]}
-        )
-        raise
-
-    decision = registry.decide_promotion(
-        report, s.promotion.policy, s.promotion.champion_alias, s.promotion.challenger_alias
-    )
-    targets = {s.promotion.challenger_alias: version.version} if decision.move_challenger else {}
-    if decision.move_champion:
-        targets[s.promotion.champion_alias] = version.version
-    if targets:
-        registry.move_aliases(reg, name, targets, "release", actor(), decision.reason)
-    log.info("promotion: %s", decision.reason)
-    if decision.move_champion and s.serving.deploy_on_release:
-        from flows.deploy import deploy
-
-        deploy(version=version.version, env=env, config_file=config_file)
+            deploy(version=version.version, env=env, config_file=config_file)
 
     return ReleaseSummary(
         model_name=name,

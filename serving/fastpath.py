@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serving.inference_log import InferenceLog, LoggedRequest
+from serving.inference_log import InferenceLog
 from serving.metrics import ServiceMetrics
 from serving.predictor import Predictor, request_id_from
 from serving.schema import RequestBase, request_columns
@@ -76,33 +76,33 @@ class FastPredict:
             details = error.errors(include_input=False, include_url=False, include_context=False)
             fields = sorted({".".join(str(part) for part in d["loc"]) or d["type"] for d in details})
             _LOG.warning("rejected /predict request %s: invalid %s", request_id, ", ".join(fields))
-            return Answer(400, dumps({"error": "invalid request", "detail": details}), headers)
+            # The documented 400 body (BentoML's InvalidArgument): `error` and `detail`, both strings.
+            problems = "; ".join(f"{'.'.join(str(p) for p in d['loc']) or d['type']}: {d['msg']}" for d in details)
+            refusal = {"error": f"invalid request: {', '.join(fields)}", "detail": problems}
+            return Answer(400, dumps(refusal), headers)
         try:
             columns = request_columns(request)
             result = self.predictor.predict(columns)
             spec = self._spec
-            payload = dumps(
-                {
-                    "predictions": result.predictions,
-                    "probabilities": result.probabilities,
-                    "classes": self._classes,
-                    "model_name": spec.model_name,
-                    "model_version": spec.model_version,
-                    "request_id": request_id,
-                }
-            )
+            answer: dict[str, Any] = {"predictions": result.predictions}
+            # Classifiers only: the OpenAPI document types both as arrays (not nullable), so a regressor leaves
+            # them out rather than sending null.
+            if result.probabilities is not None:
+                answer["probabilities"] = result.probabilities
+            if self._classes is not None:
+                answer["classes"] = self._classes
+            answer.update(model_name=spec.model_name, model_version=spec.model_version, request_id=request_id)
+            payload = dumps(answer)
             self.metrics.prediction_rows.inc(len(result.predictions))
             if self.inference_log is not None:
-                self.inference_log.record_request(
-                    LoggedRequest(
-                        request_id=request_id,
-                        model_name=spec.model_name,
-                        model_version=spec.model_version,
-                        features=columns,
-                        predictions=result.predictions,
-                        probabilities=result.probabilities,
-                        latency_ms=(time.perf_counter() - started) * 1000.0,
-                    )
+                self.inference_log.record_columns(
+                    request_id,
+                    spec.model_name,
+                    spec.model_version,
+                    columns,
+                    result.predictions,
+                    result.probabilities,
+                    (time.perf_counter() - started) * 1000.0,
                 )
         except Exception:
             _LOG.exception("/predict request %s failed", request_id)

@@ -32,13 +32,22 @@ class Prediction:
 
 
 def open_session(path: Path) -> ort.InferenceSession:
-    """A CPU session with all graph optimizations and one intra/inter-op thread (one session per worker)."""
+    """A CPU session with all graph optimizations and one intra/inter-op thread (one session per worker).
+
+    A file ONNX Runtime cannot load (truncated, not ONNX, an operator it lacks) is a ModelIntegrityError naming it.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own unexported classes (InvalidProtobuf, Fail, ...)
+        raise ModelIntegrityError(
+            f"{path} is not a model ONNX Runtime can load ({type(exc).__name__}: {str(exc)[:300]}); "
+            "refusing to serve it"
+        ) from None
 
 
 def check_session(session: ort.InferenceSession, spec: ServingSpec) -> None:

@@ -52,13 +52,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import ServingSettings
-from serving.spec import ModelIntegrityError, read_spec
+from serving.spec import MODEL_FILE, ModelIntegrityError, read_spec, verify_model_file
 from tasks.errors import BackendNotReady, FrontUnavailable, RegistryError, ServingError
 from tasks.package import split_tag
 from tasks.resources import Registry
 from tasks.types import Result
 
 TAG_BENTO = "slipway.bento.tag"  # version tag written by tasks.registry.record_release
+TAG_ONNX_SHA256 = "slipway.onnx.sha256"  # the hash record_release took of the ONNX file it packaged
+TAG_BENTO_MODEL = "slipway.bento.model_tag"
 FRONT_TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "haproxy" / "slipway.cfg"
 # Debian installs haproxy in /usr/sbin, which is not on a normal user's PATH.
 HAPROXY_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin")
@@ -216,7 +218,12 @@ def bento_info(bentoml_home: Path, bento_tag: str) -> BentoInfo:
             f"Bento {bento_tag} is not in the BentoML store at {bentoml_home / 'bentos'} "
             f"(`BENTOML_HOME={bentoml_home} bentoml list` shows what is there; `slipway release` builds one)"
         )
-    info = yaml.safe_load(manifest.read_text(encoding="utf-8")) or {}
+    try:
+        info = yaml.safe_load(manifest.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ServingError(f"Bento {name}:{version} is corrupt: {manifest} is not readable YAML ({exc})") from None
+    if not isinstance(info, dict):
+        raise ServingError(f"Bento {name}:{version} is corrupt: {manifest} is not a mapping")
     model_tag = (info.get("args") or {}).get("model_tag")
     if not model_tag:
         raise ServingError(f"Bento {name}:{version} was not built by slipway: {manifest} has no model_tag argument")
@@ -258,7 +265,37 @@ def resolve_target(
             f"{model_name} v{version} names Bento {bento_tag}, but that Bento serves model version "
             f"{bento.model_version} ({bento.model_tag}); fix the {TAG_BENTO} tag or release v{version} again"
         )
+    check_release_hash(bentoml_home, bento, tags, f"{model_name} v{version}")
     return DeployTarget(bento=bento, registry_version=str(version), reason=reason)
+
+
+def check_release_hash(bentoml_home: Path, bento: BentoInfo, tags: dict[str, str], what: str) -> None:
+    """The Bento's model must be the one the release recorded: same model tag, and its ONNX file the sha256 the
+    release took (tag slipway.onnx.sha256); ServingError naming both hashes otherwise, before anything starts."""
+    recorded_model = tags.get(TAG_BENTO_MODEL)
+    if recorded_model and recorded_model != bento.model_tag:
+        raise ServingError(
+            f"{what}: its Bento {bento.tag} serves model {bento.model_tag}, but the release recorded "
+            f"{recorded_model} ({TAG_BENTO_MODEL}); refusing to serve it"
+        )
+    recorded = tags.get(TAG_ONNX_SHA256)
+    if not recorded:
+        raise ServingError(
+            f"{what} has no recorded ONNX hash (version tag {TAG_ONNX_SHA256}), so its Bento cannot be checked "
+            "against the release; release it again"
+        )
+    model_name, model_version = split_tag(bento.model_tag)
+    model_dir = bentoml_home / "models" / model_name / model_version
+    try:
+        spec = read_spec(model_dir)
+        verify_model_file(model_dir, spec)
+    except (ModelIntegrityError, ValueError) as exc:
+        raise ServingError(f"{what}: the model of Bento {bento.tag} is not usable: {exc}") from None
+    if spec.sha256 != recorded:
+        raise ServingError(
+            f"{what}: {model_dir / MODEL_FILE} has sha256 {spec.sha256}, but the release recorded {recorded} "
+            f"({TAG_ONNX_SHA256}): the stored model is not the released one; refusing to serve it"
+        )
 
 
 # --- the front's configuration ----------------------------------------------------------------------------

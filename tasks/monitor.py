@@ -542,6 +542,57 @@ def latency_from_metrics(
     return latency_summary(histogram)
 
 
+# --- what the inference log lost, from /metrics ----------------------------------------------------------------
+
+
+class InferenceLogLoss(Result):
+    """The serving workers' inference-log counters (serving/inference_log.py) since the server started."""
+
+    rows_written: int
+    rows_dropped: int
+    dropped_by_reason: dict[str, int]
+    queue_rows: int
+
+    def line(self) -> str:
+        if not self.rows_dropped:
+            return f"{self.rows_written} rows written, none dropped, {self.queue_rows} queued (since serving started)"
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped_by_reason.items()) if n)
+        return (
+            f"{self.rows_dropped} rows DROPPED ({reasons}), {self.rows_written} written, {self.queue_rows} queued "
+            "since serving started: the window undercounts what was served"
+        )
+
+
+def inference_log_loss(text: str) -> InferenceLogLoss | None:
+    """The slipway_inference_log_* counters of a /metrics scrape summed over workers; None when serving logs
+    nothing (no inference log configured, so no such metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    written = queued = 0.0
+    dropped: dict[str, float] = {}
+    seen = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "slipway_inference_log_rows_written_total":
+                written += sample.value
+                seen = True
+            elif sample.name == "slipway_inference_log_rows_dropped_total":
+                reason = sample.labels.get("reason", "unknown")
+                dropped[reason] = dropped.get(reason, 0.0) + sample.value
+                seen = True
+            elif sample.name == "slipway_inference_log_queue_rows":
+                queued += sample.value
+    if not seen:
+        return None
+    by_reason = {reason: round(n) for reason, n in dropped.items()}
+    return InferenceLogLoss(
+        rows_written=round(written),
+        rows_dropped=sum(by_reason.values()),
+        dropped_by_reason=by_reason,
+        queue_rows=round(queued),
+    )
+
+
 # --- the decision -------------------------------------------------------------------------------------------------
 
 Status = Literal["ok", "insufficient_data", "data_incident", "drift", "slo_breach", "serving_unreachable"]
@@ -672,6 +723,7 @@ class MonitorVerdict(Result):
     data_quality: Check | None = None
     latency: LatencySummary | None = None
     slo: SloCheck | None = None
+    inference_log: InferenceLogLoss | None = None
     episode_id: str | None = None
     report_path: Path | None = None
     next_state: GuardState
@@ -691,6 +743,8 @@ class MonitorVerdict(Result):
             lines.append(f"- **data quality**: {self.data_quality.line()}")
         if self.slo is not None:
             lines.append(f"- **SLO**: {'BREACHED' if self.slo.breached else 'ok'} - {self.slo.detail}")
+        if self.inference_log is not None:
+            lines.append(f"- **inference log**: {self.inference_log.line()}")
         if self.episode_id:
             lines.append(f"- **drift episode**: {self.episode_id}")
         if self.report_path is not None:

@@ -255,6 +255,9 @@ def log_monitor_run(registry: Registry, model_name: str, verdict: MonitorVerdict
     if verdict.drift is not None:
         metrics["drift_share"] = verdict.drift.share
         metrics["drifted_columns"] = float(len(verdict.drift.drifted_columns))
+    if verdict.inference_log is not None:
+        metrics["inference_log_rows_dropped"] = float(verdict.inference_log.rows_dropped)
+        metrics["inference_log_rows_written"] = float(verdict.inference_log.rows_written)
     if verdict.latency is not None:
         for key in ("p50_ms", "p95_ms", "p99_ms", "error_rate"):
             value = getattr(verdict.latency, key)
@@ -292,6 +295,7 @@ def emit_verdict_event(model_name: str, verdict: MonitorVerdict, report: Monitor
         "model_version": verdict.model_version,
         "rows": verdict.rows,
         "drift_share": verdict.drift.share if verdict.drift is not None else None,
+        "inference_log_rows_dropped": verdict.inference_log.rows_dropped if verdict.inference_log else None,
         "report": str(report.html or report.folder),
     }
     name = f"slipway.monitor.{verdict.status}"

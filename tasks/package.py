@@ -135,6 +135,18 @@ def _stored_spec(bentoml_home: Path, tag: str) -> ServingSpec | None:
     return ServingSpec.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def check_onnx_file(path: Path) -> None:
+    """Refuse a file that is not a well-formed ONNX model (truncated, corrupt, not ONNX) before it is stored."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:  # onnx raises ValidationError, DecodeError or plain OSError
+        raise InvalidModelArtifact(
+            f"{path} is not a valid ONNX model ({type(exc).__name__}: {str(exc).strip()[:300]}); nothing was stored"
+        ) from None
+
+
 @task(name="save-bento-model", cache_policy=NO_CACHE)
 def save_bento_model(
     onnx_path: Path,
@@ -148,6 +160,7 @@ def save_bento_model(
     """Store `model.onnx` and its `slipway.json` as a BentoML model; returns the model tag (idempotent)."""
     if not onnx_path.is_file():
         raise InvalidModelArtifact(f"ONNX file {onnx_path} does not exist")
+    check_onnx_file(onnx_path)
     sha256 = file_sha256(onnx_path)
     spec = serving_spec(schema, label_output, score_output, model_name, model_version, sha256)
     tag = f"{bentoml_name(model_name)}:{model_version_label(model_version, sha256)}"

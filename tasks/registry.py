@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from serving.spec import file_sha256
-from tasks.errors import ConversionUnsupported, PromotionFailed, RegistryError, RollbackImpossible
+from tasks.errors import (
+    ConversionUnsupported,
+    InvalidModelArtifact,
+    PromotionFailed,
+    RegistryError,
+    RollbackImpossible,
+)
 from tasks.resources import Registry
 from tasks.types import (
     AliasMove,
@@ -69,6 +79,60 @@ def resolve_model_uri(registry: Registry, run_id: str | None, model_uri: str | N
     return models[0].model_uri, run_id
 
 
+# MLflow signature column types -> the feed kind they carry (serving/features.py: numbers or strings).
+_SIGNATURE_KINDS = {
+    "double": "number",
+    "float": "number",
+    "long": "number",
+    "integer": "number",
+    "boolean": "number",
+    "string": "string",
+}
+
+
+def signature_problems(signature_columns: Sequence[tuple[str, str]], frame: pd.DataFrame, target: str) -> list[str]:
+    """How a model's input signature ((name, MLflow type) pairs) disagrees with the feature columns of `frame`."""
+    from tasks.convert import feature_type
+
+    features = {str(c): feature_type(frame[c].dtype, str(c)) for c in frame.columns if c != target}
+    declared = dict(signature_columns)
+    problems = []
+    missing = [n for n in declared if n not in features]
+    unexpected = [n for n in features if n not in declared]
+    if missing:
+        problems.append(f"the signature's inputs {missing} are not in the data")
+    if unexpected:
+        problems.append(f"the data's columns {unexpected} are not in the signature")
+    for name, kind in declared.items():
+        if name in features:
+            expected = _SIGNATURE_KINDS.get(kind)
+            actual = "string" if features[name] == "string" else "number"
+            if expected is not None and expected != actual:
+                problems.append(f"{name!r} is {kind} in the signature but {features[name]} in the data")
+    return problems
+
+
+@task(name="check-signature", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def check_signature(registry: Registry, model_uri: str, frame: pd.DataFrame, target: str) -> bool:
+    """Refuse (InvalidModelArtifact) a model whose logged input signature does not match the evaluation data,
+    before anything is registered; False when the model has no column signature to check (nothing refused)."""
+    from mlflow.models import get_model_info
+
+    with registry.activate():
+        signature = get_model_info(model_uri).signature
+    if signature is None or signature.inputs is None or signature.inputs.is_tensor_spec():
+        return False
+    columns = [(str(c.name), str(getattr(c.type, "name", c.type))) for c in signature.inputs.inputs]
+    problems = signature_problems(columns, frame, target)
+    if problems:
+        raise InvalidModelArtifact(
+            f"{model_uri}: the model's input signature does not match its evaluation data: "
+            + "; ".join(problems)
+            + ". Nothing was registered"
+        )
+    return True
+
+
 @task(name="load-native-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def load_native_model(registry: Registry, model_uri: str) -> Any:
     """The model in its native flavor (scikit-learn API), for parity and quality checks."""
@@ -88,6 +152,54 @@ def load_native_model(registry: Registry, model_uri: str) -> Any:
 
         loader = importlib.import_module(f"mlflow.{flavor}")
         return loader.load_model(local)
+
+
+# --- one registry change at a time per model ----------------------------------------------------
+
+
+@contextmanager
+def model_lock(
+    lock_dir: Path, name: str, timeout_s: float = 3600.0, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold the exclusive lock of `name`'s registry changes (release, promote, rollback) for the block.
+
+    A flock on <lock_dir>/<name>.lock: two releases of one model on this machine (or on a shared filesystem)
+    run one after the other, so each reads the aliases the previous one left and the history stays one chain.
+    The kernel drops the lock when its holder dies, so a killed release never blocks the next one. RegistryError
+    after `timeout_s`, naming the holder.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}.lock"
+    started = time.monotonic()
+    with path.open("a+", encoding="utf-8") as handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                if time.monotonic() - started > timeout_s:
+                    raise RegistryError(
+                        f"{name}: another release, promotion or rollback holds {path} ({holder}) for more than "
+                        f"{timeout_s:g} s"
+                    ) from None
+                if not waited and on_wait is not None:
+                    on_wait(f"{name}: waiting for {holder} to finish its registry change ({path})")
+                waited = True
+                time.sleep(0.2)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+            handle.flush()
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- promotion -----------------------------------------------------------------------------------
@@ -173,7 +285,9 @@ def read_history(registry: Registry, name: str) -> list[HistoryEntry]:
     """The promotion history, oldest first, with interrupted (pending) entries reconciled.
 
     A pending entry means the process died mid-move. If the aliases it touched still point where it
-    was moving them (and no later entry moved them), it completed; otherwise it did not.
+    was moving them (and no later entry moved them), it completed; if none does, it did not. If the process died
+    between two alias writes, the entry keeps only the moves that happened, and says so, so the history still
+    puts every alias where the registry has it.
     """
     entries = [HistoryEntry.model_validate(p) for p in registry.read_history(name)]
     current = registry.aliases(name)
@@ -182,8 +296,20 @@ def read_history(registry: Registry, name: str) -> list[HistoryEntry]:
         if entry.status == "pending":
             later = {m.alias for e in entries[index + 1 :] if e.status != "aborted" for m in e.moves}
             own = [m for m in entry.moves if m.alias not in later]
-            applied = all(current.get(m.alias) == m.to_version for m in own)
-            entry = entry.model_copy(update={"status": "done" if applied else "aborted"})
+            applied = [m for m in own if current.get(m.alias) == m.to_version]
+            if len(applied) == len(own):
+                entry = entry.model_copy(update={"status": "done"})
+            elif applied:
+                moved = ", ".join(f"{m.alias}->v{m.to_version}" for m in applied)
+                entry = entry.model_copy(
+                    update={
+                        "status": "done",
+                        "moves": tuple(m for m in entry.moves if m not in own or m in applied),
+                        "reason": f"{entry.reason} (interrupted: only {moved} happened)",
+                    }
+                )
+            else:
+                entry = entry.model_copy(update={"status": "aborted"})
         result.append(entry)
     return result
 

@@ -28,6 +28,7 @@ import pytest
 from typer.testing import CliRunner
 
 from configs.settings import ServingSettings
+from serving.spec import read_spec
 from tasks import deploy
 from tasks.deploy import (
     TAG_BENTO,
@@ -435,6 +436,10 @@ def _register(registry: Any, store: Store, tagged: dict[str, str | None]) -> Non
         assert str(created.version) == version
         if bento_version is not None:
             client.set_model_version_tag(MODEL_NAME, version, TAG_BENTO, store.bentos[bento_version].tag)
+            # As tasks.registry.record_release records it: the hash resolve_target checks the stored model against.
+            name, label = store.bentos[bento_version].model_tag.split(":")
+            spec = read_spec(store.bentoml_home / "models" / name / label)
+            client.set_model_version_tag(MODEL_NAME, version, "slipway.onnx.sha256", spec.sha256)
 
 
 @pytest.mark.slow

@@ -152,6 +152,7 @@ def test_the_default_engine_address_says_docker_host_is_unset() -> None:
 
 def _register_champion(registry: Any, bento: BuiltBento) -> None:
     """Versions 1..MODEL_VERSION of the configured model; the last names the example's Bento and is champion."""
+    from serving.spec import read_spec
     from tasks.deploy import TAG_BENTO
 
     client = registry.client
@@ -159,6 +160,9 @@ def _register_champion(registry: Any, bento: BuiltBento) -> None:
     for _ in range(int(MODEL_VERSION)):
         created = client.create_model_version(MODEL_NAME, source=str(bento.home / "models"))
     client.set_model_version_tag(MODEL_NAME, created.version, TAG_BENTO, bento.ref.tag)
+    # As tasks.registry.record_release records it: the hash resolve_target checks the stored model against.
+    spec = read_spec(bento.home / "models" / bento.ref.model_tag.replace(":", "/"))
+    client.set_model_version_tag(MODEL_NAME, created.version, "slipway.onnx.sha256", spec.sha256)
     registry.set_alias(MODEL_NAME, "champion", created.version)
 
 
