@@ -222,8 +222,41 @@ class MonitorSettings(Section):
 
 
 class StackSettings(Section):
-    """The local service `slipway up` starts on 127.0.0.1: Prefect server, MLflow UI, the deployments process."""
+    """The local service `slipway up` starts on 127.0.0.1: Prefect server, MLflow UI, the deployments process.
 
+    profile `embedded`: Prefect on SQLite, the MLflow UI on the project's SQLite store, one process serving the
+    deployments. profile `server`: the production topology without containers: `mlflow server` on a PostgreSQL
+    database with proxied artifacts (clients then use http://127.0.0.1:<mlflow_port>), the Prefect server on
+    another PostgreSQL database, the deployments of infra/prefect.yaml and a process worker running them.
+    """
+
+    profile: Literal["embedded", "server"] = Field(
+        "embedded",
+        description="embedded: SQLite stores, one deployments process. server: MLflow and Prefect servers on "
+        "PostgreSQL, a process worker; the MLflow tracking URI of every client then defaults to the server.",
+    )
+    postgres_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        description="Profile server: the PostgreSQL server, as a URL without password; its database is the one "
+        "connected to for creating the two below. The password comes from stack.postgres_password.",
+    )
+    postgres_password: SecretStr | None = Field(
+        None,
+        description="Password of the postgres_url user; set through SLIPWAY__STACK__POSTGRES_PASSWORD, never in "
+        "YAML (unset: libpq's own ways, PGPASSWORD or ~/.pgpass, or trust authentication).",
+    )
+    mlflow_database: str = Field(
+        "slipway_mlflow", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="Profile server: MLflow's database."
+    )
+    prefect_database: str = Field(
+        "slipway_prefect", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="Profile server: Prefect's database."
+    )
+    worker_ready_timeout_s: float = Field(
+        120.0, gt=0, description="Profile server: seconds the Prefect worker may take until it polls its pool."
+    )
+    register_timeout_s: float = Field(
+        300.0, gt=0, description="Profile server: seconds `prefect deploy` of infra/prefect.yaml may take."
+    )
     prefect_port: int = Field(4200, ge=1, le=65535, description="Port of the Prefect server (API and UI).")
     mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow UI (`mlflow server`).")
     mlflow_workers: int = Field(1, ge=1, description="uvicorn workers of the MLflow UI (its own default, 4, is a lot).")
@@ -237,6 +270,24 @@ class StackSettings(Section):
     stop_grace_s: float = Field(
         30.0, gt=0, description="`slipway down`: seconds each process gets after SIGTERM before it is killed."
     )
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme.split("+")[0] not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        if parts.password:
+            raise ValueError("must not hold a password: it goes in stack.postgres_password, from the environment")
+        if not parts.hostname:
+            raise ValueError("needs a host, e.g. postgresql://postgres@127.0.0.1:5432/postgres")
+        return value
 
 
 class Settings(Section):
@@ -261,7 +312,11 @@ class Settings(Section):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        if self.stack.profile == "server":  # the MLflow server `slipway up --profile server` runs
+            return f"http://127.0.0.1:{self.stack.mlflow_port}"
+        return f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
     def registry_uri(self) -> str:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from configs import ConfigError, LoadedConfig, config_schema, load_config, process_environment
+from configs import ConfigError, LoadedConfig, Settings, config_schema, load_config, process_environment
 
 if TYPE_CHECKING:
     from tasks.deploy import DeployResult, DeployTarget, ServingStatus
@@ -263,16 +263,26 @@ def status(
     alive, 1 otherwise (stopped, degraded or stale)."""
     loaded = _load(env, config)
     from tasks.deploy import serving_status
-    from tasks.stack import stack_status
+    from tasks.stack import read_stack, stack_status
 
     current = serving_status(loaded.settings.home)
     processes = stack_status(loaded.settings.home)
+    state = read_stack(loaded.settings.home)
     if as_json:
-        payload = {**current.model_dump(mode="json"), "stack": [p.model_dump(mode="json") for p in processes]}
+        payload = {
+            **current.model_dump(mode="json"),
+            "stack": [p.model_dump(mode="json") for p in processes],
+            "stack_profile": state.profile if processes else None,
+            "stack_databases": state.databases,
+        }
         console.print(json.dumps(payload), highlight=False, soft_wrap=True)
     else:
         _print_status(current)
         _print_stack(processes)
+        if processes:
+            console.print(f"[bold]{'profile':>14}[/]  {state.profile}", highlight=False)
+        for name, url in state.databases.items() if processes else ():
+            console.print(f"[bold]{name + ' db':>14}[/]  {url}", highlight=False)
     if current.condition != "serving" or not all(p.alive for p in processes):
         raise typer.Exit(1)
 
@@ -551,39 +561,70 @@ def _print_image(target: DeployTarget, context: ImageContext, image_tag: str, bu
         console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
 
 
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="embedded: Prefect and MLflow on SQLite, one deployments process. server: MLflow and Prefect servers on "
+        "PostgreSQL (stack.postgres_url), infra/prefect.yaml's deployments and a process worker. Default: "
+        "stack.profile.",
+    ),
+]
+
+
 @app.command()
-def up(env: EnvOption = None, config: ConfigOption = None) -> None:
-    """Run slipway as a local service on 127.0.0.1: the Prefect server (stack.prefect_port), the MLflow UI
-    (stack.mlflow_port), the champion's endpoint (serving.port, when there is a champion) and one process serving
-    the deployments: monitor (monitor.schedule_cron), sync (every monitor.sync_interval_s) and train (on demand).
-    What runs already is reported and left alone. `slipway status` shows it all, `slipway down` stops it."""
+def up(env: EnvOption = None, config: ConfigOption = None, profile: ProfileOption = None) -> None:
+    """Run slipway as a local service on 127.0.0.1: the Prefect server (stack.prefect_port), MLflow
+    (stack.mlflow_port), the champion's endpoint (serving.port, when there is a champion) and what runs the
+    deployments monitor (monitor.schedule_cron), sync (every monitor.sync_interval_s) and train (on demand): one
+    process serving them (profile embedded) or a Prefect process worker (profile server, with MLflow and Prefect on
+    PostgreSQL). What runs already is reported and left alone. `slipway status` shows it all, `slipway down`
+    stops it."""
     loaded = _load(env, config)
     s = loaded.settings
-    console.rule(f"[bold]slipway up[/] {s.model.name}")
+    if profile is not None:
+        if profile not in ("embedded", "server"):
+            err.print(f"--profile must be embedded or server, not {profile!r}", highlight=False)
+            raise typer.Exit(2)
+        s = s.model_copy(update={"stack": s.stack.model_copy(update={"profile": profile})})
+    server = s.stack.profile == "server"
+    console.rule(f"[bold]slipway up[/] {s.model.name} ({s.stack.profile})")
     from flows.serve import deployment_specs
     from tasks import stack
     from tasks.errors import SlipwayError
 
     specs = deployment_specs(s.monitor)
+    mlflow_url = f"http://{stack.HOST}:{s.stack.mlflow_port}"
+    databases: list[Any] = []
     try:
         with stack.stack_lock(s.home):
             for gone in stack.clear_stale(s.home):
                 console.print(f"{'cleared':>11}  {gone.title} (pid {gone.pid}) had stopped", highlight=False)
-            servers = [stack.prefect_server(s), stack.mlflow_ui(s)]
+            stack.check_profile(s.home, s.stack.profile)
+            if server:
+                databases = stack.ensure_databases(s)
+                for database in databases:
+                    what = "created" if database.created else "exists"
+                    console.print(f"{what:>11}  {database.name} database {database.url}", highlight=False)
+            servers = stack.servers(s)
             stack.check_ports(s.home, servers)  # before anything starts: all or nothing
-            launches = [stack.start_component(s.home, spec) for spec in servers]  # both start up at once
+            launches = [stack.start_component(s.home, spec, s.stack.profile) for spec in servers]  # both at once
             for launch in launches:
                 _print_launch(launch, None)
             for spec, launch in zip(servers, launches, strict=True):
                 _print_launch(launch, stack.wait_ready(s.home, launch, spec))
-            endpoint, serving_failed = _serve_champion(loaded)
-            spec = stack.deployments_process(s, env, config, Path.cwd())
-            launch = stack.start_component(s.home, spec)
-            _print_launch(launch, None)
-            polled = stack.deployments_polled(
-                stack.prefect_api_url(s), tuple(d.name for d in specs), launch.process.started_at
-            )
-            _print_launch(launch, stack.wait_ready(s.home, launch, spec, polled))
+            if server:
+                stack.record_databases(s.home, databases)
+                _start_worker(s, env, config)
+            endpoint, serving_failed = _serve_champion(s)
+            if not server:
+                spec = stack.deployments_process(s, env, config, Path.cwd())
+                launch = stack.start_component(s.home, spec)
+                _print_launch(launch, None)
+                polled = stack.deployments_polled(
+                    stack.prefect_api_url(s), tuple(d.name for d in specs), launch.process.started_at
+                )
+                _print_launch(launch, stack.wait_ready(s.home, launch, spec, polled))
     except SlipwayError as exc:
         err.print("what did start keeps running: `slipway status` shows it, `slipway down` stops it", highlight=False)
         raise _fail(exc) from None
@@ -591,26 +632,78 @@ def up(env: EnvOption = None, config: ConfigOption = None) -> None:
         f"{d.name} ({f'cron {d.cron}' if d.cron else f'every {d.interval_s:g} s' if d.interval_s else 'on demand'})"
         for d in specs
     )
+    if server:  # the worker runs what infra/prefect.yaml declares, schedules included
+        declared = stack.declared_deployments()
+        if declared.schedule_line() != f"{schedules} on work pool {declared.work_pool}":
+            err.print(
+                f"[yellow]note[/]: the config's schedules ({schedules}) differ from {declared.path}'s; the worker "
+                "runs the file's (edit it, then `slipway down` and `slipway up --profile server`)",
+                highlight=False,
+            )
+        schedules = declared.schedule_line()
     console.rule("[bold green]slipway is up[/]" if endpoint else "[bold yellow]slipway is up, not serving[/]")
     rows: list[tuple[str, Any]] = [
         ("Prefect UI", f"http://{stack.HOST}:{s.stack.prefect_port}"),
-        ("MLflow UI", f"http://{stack.HOST}:{s.stack.mlflow_port}"),
+        ("MLflow " + ("server" if server else "UI"), mlflow_url),
         ("endpoint", f"{endpoint}/predict" if endpoint else "not serving"),
         ("deployments", schedules),
         ("run train", f"PREFECT_API_URL={stack.prefect_api_url(s)} prefect deployment run train/train"),
-        ("logs", str(s.home / "logs")),
-        ("next", "slipway status | slipway down"),
     ]
+    if server:
+        rows += [(f"{d.name} db", d.url) for d in databases]
+        rows.append(("artifacts", f"{s.artifact_root} (proxied: clients use mlflow-artifacts:/ through {mlflow_url})"))
+        if loaded.settings.tracking_uri != s.tracking_uri:  # --profile server, but the config says otherwise
+            rows.append(
+                (
+                    "clients",
+                    "set SLIPWAY__STACK__PROFILE=server (or stack.profile: server in the config) so "
+                    f"`slipway` commands use {mlflow_url} too",
+                )
+            )
+        elif s.tracking_uri != mlflow_url:
+            rows.append(("clients", f"[yellow]mlflow.tracking_uri is {s.tracking_uri}, not this server[/]"))
+    rows += [("logs", str(s.home / "logs")), ("next", "slipway status | slipway down")]
     for label, value in rows:
         console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
     if serving_failed:
         raise typer.Exit(1)  # there is a champion and it could not be served: the error is printed above
 
 
+def _start_worker(s: Settings, env: str | None, config: Path | None) -> None:
+    """`up --profile server`: the process worker of infra/prefect.yaml's work pool (it creates the pool), then the
+    deployments registered from that file, unless the worker was running already and they all exist."""
+    import time
+
+    from tasks import stack
+
+    declared = stack.declared_deployments()
+    spec = stack.prefect_worker(s, declared.work_pool, env)
+    launch = stack.start_component(s.home, spec, "server")
+    _print_launch(launch, None)
+    polling = stack.worker_polling(
+        stack.prefect_api_url(s), declared.work_pool, stack.worker_name(), launch.process.started_at
+    )
+    _print_launch(launch, stack.wait_ready(s.home, launch, spec, polling))
+    existing = {d["name"] for d in stack.list_deployments(stack.prefect_api_url(s), declared.names)}
+    if not launch.started and existing >= set(declared.names):
+        console.print(f"[yellow]{'registered':>11}[/]  {', '.join(declared.names)}, left alone", highlight=False)
+        return
+    console.print(f"{'deploying':>11}  prefect deploy --all --prefect-file {declared.path}", highlight=False)
+    started = time.monotonic()
+    parameters = {"env": env, "config_file": str(config.resolve()) if config else None}
+    registered = stack.register_deployments(s, declared, s.home / "logs" / "deploy.log", parameters)
+    console.print(
+        f"[green]{'registered':>11}[/]  {', '.join(d['name'] for d in registered)} on work pool "
+        f"{declared.work_pool} in {time.monotonic() - started:.1f} s",
+        highlight=False,
+    )
+
+
 @app.command()
 def down(env: EnvOption = None, config: ConfigOption = None) -> None:
-    """Stop what `slipway up` started, in a safe order: the deployments process first (a run in progress stops
-    with it), then serving (after the requests in flight), the MLflow UI, and the Prefect server last."""
+    """Stop what `slipway up` started, in a safe order: the deployments process or the worker first (a run in
+    progress stops with it), then serving (after the requests in flight), MLflow, and the Prefect server last.
+    The server profile's PostgreSQL databases are kept: the next `slipway up --profile server` finds them."""
     loaded = _load(env, config)
     s = loaded.settings
     from tasks import stack
@@ -634,6 +727,7 @@ def down(env: EnvOption = None, config: ConfigOption = None) -> None:
         # The deployments first, with SIGTERM: a serve() process ignores SIGINT while a run is active, and one
         # whose Prefect server is gone hangs retrying it. The Prefect server last: the others report to it.
         stop(stack.DEPLOYMENTS)
+        stop(stack.WORKER)  # the same for the server profile's worker, whose flow runs hang from it
         try:
             stopped.extend(stop_serving.fn(s.home, grace_s=grace).stopped)
         except SlipwayError as exc:
@@ -650,9 +744,8 @@ def down(env: EnvOption = None, config: ConfigOption = None) -> None:
         raise _fail(failures[0])
 
 
-def _serve_champion(loaded: LoadedConfig) -> tuple[str | None, bool]:
+def _serve_champion(s: Settings) -> tuple[str | None, bool]:
     """`slipway up`'s serving step: the endpoint URL (None when nothing serves) and whether serving failed."""
-    s = loaded.settings
     from tasks.deploy import deploy_bento, resolve_target, serving_status
     from tasks.errors import SlipwayError
     from tasks.resources import registry_from_settings

@@ -7,7 +7,8 @@ schedule: `prefect deployment run train/train` starts it, and so does the monito
 Every run gets the same --env and --config as parameters, so it loads the configuration this process was
 started with. PREFECT_API_URL says which Prefect server to serve against. The flows are imported when the
 process starts, not when this module is imported, so that `slipway` can read the table without loading them.
-infra/prefect.yaml declares the same three deployments for a worker-based setup.
+infra/prefect.yaml declares the same three deployments for a worker-based setup; `slipway up --profile server`
+registers that file and runs them with a Prefect process worker instead of this process.
 """
 
 from __future__ import annotations

@@ -62,7 +62,10 @@ class Registry:
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             return str(found.experiment_id)
-        location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+        # A tracking server decides where artifacts go (proxied: mlflow-artifacts:/, uploaded over HTTP); a file
+        # location from here would make every client write to this machine's disk instead.
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        location = self.artifact_root.resolve().as_uri() if self.artifact_root and not remote else None
         return str(self.client.create_experiment(self.experiment, artifact_location=location))
 
     # --- model versions -------------------------------------------------------------------------
@@ -86,8 +89,10 @@ class Registry:
 
         try:
             self.client.get_registered_model(name)
-        except MlflowException:
-            return False
+        except MlflowException as exc:
+            if _missing(exc):
+                return False
+            raise
         return True
 
     # --- aliases --------------------------------------------------------------------------------
@@ -97,8 +102,10 @@ class Registry:
 
         try:
             model = self.client.get_registered_model(name)
-        except MlflowException:
-            return {}
+        except MlflowException as exc:
+            if _missing(exc):
+                return {}
+            raise  # an unreachable server is not "no champion": a gate would then skip the comparison
         return {alias: str(version) for alias, version in model.aliases.items()}
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
@@ -117,8 +124,10 @@ class Registry:
 
         try:
             tags = self.client.get_registered_model(name).tags
-        except MlflowException:
-            return []
+        except MlflowException as exc:
+            if _missing(exc):
+                return []
+            raise
         keys = sorted(k for k in tags if k.startswith(HISTORY_TAG_PREFIX))
         return [json.loads(tags[k]) for k in keys]
 
@@ -148,6 +157,11 @@ class Registry:
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+def _missing(exc: Exception) -> bool:
+    """True when MLflow says the object does not exist (as opposed to failing to answer)."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
 def registry_from_settings(settings: Any) -> Registry:
