@@ -395,6 +395,12 @@ def _reap() -> None:
 
 
 def _exit_description(pid: int) -> str:
+    process = _SPAWNED.get(pid)
+    if process is not None:
+        # Its workers gone, the arbiter may still be exiting: give it a moment, so its exit code can be told.
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=2.0)
+        _reap()
     code = _EXIT_CODES.get(pid)
     if code is None:
         return "exited"

@@ -172,7 +172,7 @@ def model_lock(
     path = lock_dir / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}.lock"
     started = time.monotonic()
     with path.open("a+", encoding="utf-8") as handle:
-        waited = False
+        attempts = 0
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -185,9 +185,10 @@ def model_lock(
                         f"{name}: another release, promotion or rollback holds {path} ({holder}) for more than "
                         f"{timeout_s:g} s"
                     ) from None
-                if not waited and on_wait is not None:
+                # Said on the second try: a holder that has just taken the lock may not have written its pid yet.
+                if attempts == 1 and on_wait is not None:
                     on_wait(f"{name}: waiting for {holder} to finish its registry change ({path})")
-                waited = True
+                attempts += 1
                 time.sleep(0.2)
         try:
             handle.seek(0)
