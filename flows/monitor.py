@@ -31,6 +31,7 @@ from tasks.monitor import (
     inference_log_loss,
     inputs_suite,
     latency_summary,
+    settle_retrain,
 )
 from tasks.registry import read_history
 from tasks.types import Check, ReleaseSummary
@@ -105,6 +106,11 @@ def monitor_flow(
     promoted_at = observe.last_promotion_at(history, alias)
     if promoted_at is not None and (state.last_promotion_at is None or promoted_at > state.last_promotion_at):
         state = state.model_copy(update={"last_promotion_at": promoted_at})
+    settled = None
+    if state.retrain_run_id is not None:  # a retrain started as a deployment run: did it end, and how?
+        state, settled = settle_retrain(state, *observe.retrain_outcome(state.retrain_run_id))
+        if settled:
+            log.info(settled)
     verdict = decide_action(
         rows=len(window),
         drift=drift.result if drift is not None else None,
@@ -115,6 +121,8 @@ def monitor_flow(
         now=now,
         model_version=version,
     )
+    if settled:
+        verdict = verdict.model_copy(update={"reason": f"{verdict.reason}; {settled}"})
     if log_loss is not None:
         # Never silent: rows the serving workers could not log are in the verdict, its reason and the report.
         update: dict[str, object] = {"inference_log": log_loss}
@@ -197,7 +205,8 @@ def _act(ctx: FlowContext, verdict: MonitorVerdict, env: str | None, config_file
     if verdict.action == "retrain":
         launched = _launch_retrain(s.monitor.retrain, env, config_file)
         if launched is not None:
-            return f"train deployment run {launched} started", state
+            # Its outcome is read by the next runs (settle_retrain): a failed or unpromoted retrain opens the breaker.
+            return f"train deployment run {launched} started", state.model_copy(update={"retrain_run_id": launched})
         from flows.train import train_flow
 
         summary = train_flow(env=env, config_file=config_file)

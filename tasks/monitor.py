@@ -642,6 +642,9 @@ class GuardState(Result):
     episode_retrained_at: datetime | None = Field(None, description="When the open episode's retrain started.")
     last_promotion_at: datetime | None = None
     last_retrain_cleared_drift: bool | None = None
+    retrain_run_id: str | None = Field(
+        None, description="The `train` deployment run started for the open episode, until its outcome is known."
+    )
 
     @field_validator("last_action_at", "drift_episode_started_at", "episode_retrained_at", "last_promotion_at")
     @classmethod
@@ -660,6 +663,32 @@ class GuardState(Result):
     @property
     def breaker_open(self) -> bool:
         return self.last_retrain_cleared_drift is False
+
+
+RetrainOutcome = Literal["running", "completed", "failed"]
+
+
+def settle_retrain(state: GuardState, outcome: RetrainOutcome, detail: str) -> tuple[GuardState, str | None]:
+    """Fold the outcome of a retrain started as a deployment run into the guard state; a note when it changed.
+
+    A run still going changes nothing. A run that failed, crashed or was cancelled, or that completed without a
+    promotion after the retrain started, leaves the drift unanswered: the circuit breaker opens, as it does when
+    an inline retrain is not promoted. A run that completed with a promotion is settled; whether it cleared the
+    drift is for the next windows to show (decide_action).
+    """
+    if state.retrain_run_id is None or outcome == "running":
+        return state, None
+    run = state.retrain_run_id
+    promoted = (
+        state.last_promotion_at is not None
+        and state.episode_retrained_at is not None
+        and state.last_promotion_at > state.episode_retrained_at
+    )
+    if outcome == "completed" and promoted:
+        return state.model_copy(update={"retrain_run_id": None}), f"retrain run {run} completed and was promoted"
+    why = f"ended {detail}" if outcome == "failed" else "completed without a promotion"
+    opened = state.model_copy(update={"retrain_run_id": None, "last_retrain_cleared_drift": False})
+    return opened, f"retrain run {run} {why}: circuit breaker open"
 
 
 class SloCheck(Result):

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.errors import MonitorStateError
-from tasks.monitor import GuardState, MonitorVerdict, RequestHistogram, request_histogram
+from tasks.monitor import GuardState, MonitorVerdict, RequestHistogram, RetrainOutcome, request_histogram
 from tasks.resources import Registry
 from tasks.types import HistoryEntry, Result
 
@@ -209,6 +209,29 @@ def last_promotion_at(history: list[HistoryEntry], champion_alias: str) -> datet
         and any(m.alias == champion_alias for m in entry.moves)
     ]
     return max(times) if times else None
+
+
+def retrain_outcome(run_id: str) -> tuple[RetrainOutcome, str]:
+    """(outcome, state name) of a `train` deployment run, read from the Prefect API the flow runs against.
+
+    Completed is "completed"; failed, crashed and cancelled are "failed"; anything else is "running". A run the
+    API does not know (its database was reset, say) is "failed": it will never report an outcome.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(run_id))
+        except ObjectNotFound:
+            return "failed", "unknown to the Prefect API"
+    state = run.state
+    name = str(state.type.value) if state is not None else "NO STATE"
+    if state is None or not state.is_final():
+        return "running", name
+    return ("completed" if state.is_completed() else "failed"), name
 
 
 # --- where the verdict goes ----------------------------------------------------------------------------------

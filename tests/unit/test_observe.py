@@ -1,4 +1,4 @@
-"""The monitor's memory and its reading of the promotion history (pure file and list functions)."""
+"""The monitor's memory, its reading of the promotion history, and the outcome of a retrain it started."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import MonitorStateError
-from tasks.monitor import GuardState
+from tasks.monitor import GuardState, settle_retrain
 from tasks.observe import (
     VerdictRecord,
     append_verdict,
     last_promotion_at,
     load_state,
     read_verdicts,
+    retrain_outcome,
     save_state,
 )
 from tasks.registry import champion_in_history
@@ -85,3 +86,64 @@ def test_verdict_index_skips_a_damaged_line(tmp_path: Path) -> None:
         out.write("{truncated\n")
     append_verdict(tmp_path, record.model_copy(update={"status": "drift"}))
     assert [r.status for r in read_verdicts(tmp_path)] == ["ok", "drift"]
+
+
+# --- a retrain started as a deployment run ------------------------------------------------------------------
+
+
+def pending(promoted_minutes: int | None) -> GuardState:
+    """An episode whose retrain started at T0 as run r-1, last promoted `promoted_minutes` after T0."""
+    return GuardState(
+        drift_episode_id="drift-1",
+        episode_retrained_at=T0,
+        retrain_run_id="r-1",
+        last_promotion_at=None if promoted_minutes is None else T0 + timedelta(minutes=promoted_minutes),
+    )
+
+
+def test_a_retrain_run_still_going_changes_nothing() -> None:
+    assert settle_retrain(pending(None), "running", "RUNNING") == (pending(None), None)
+    assert settle_retrain(GuardState(), "failed", "FAILED") == (GuardState(), None)  # no run pending
+
+
+def test_a_promoted_retrain_run_is_settled_and_the_breaker_stays_closed() -> None:
+    state, note = settle_retrain(pending(5), "completed", "COMPLETED")
+    assert (state.retrain_run_id, state.last_retrain_cleared_drift, state.breaker_open) == (None, None, False)
+    assert note == "retrain run r-1 completed and was promoted"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "promoted", "why"),
+    [
+        ("failed", 5, "ended CRASHED"),  # promoted by someone else meanwhile: the run itself still failed
+        ("completed", None, "completed without a promotion"),
+        ("completed", -5, "completed without a promotion"),  # the last promotion is older than the retrain
+    ],
+)
+def test_a_failed_or_unpromoted_retrain_run_opens_the_breaker(outcome: str, promoted: int | None, why: str) -> None:
+    state, note = settle_retrain(pending(promoted), outcome, "CRASHED")  # type: ignore[arg-type]
+    assert (state.retrain_run_id, state.breaker_open) == (None, True)
+    assert note == f"retrain run r-1 {why}: circuit breaker open"
+
+
+@pytest.mark.slow
+def test_retrain_outcome_reads_the_run_state_from_prefect(prefect_harness: None) -> None:
+    """Given real flow runs on a Prefect API (one completed, one failed) and an id it never saw, then each
+    outcome is read as the monitor will settle it."""
+    import uuid
+
+    from prefect import flow
+
+    @flow
+    def fine() -> int:
+        return 1
+
+    @flow
+    def broken() -> None:
+        raise RuntimeError("training data unreachable")
+
+    done = fine(return_state=True)
+    failed = broken(return_state=True)
+    assert retrain_outcome(str(done.state_details.flow_run_id)) == ("completed", "COMPLETED")
+    assert retrain_outcome(str(failed.state_details.flow_run_id)) == ("failed", "FAILED")
+    assert retrain_outcome(str(uuid.uuid4())) == ("failed", "unknown to the Prefect API")
