@@ -252,32 +252,21 @@ def prefect_server(settings: Settings) -> ComponentSpec:
     )
 
 
-def mlflow_ui(settings: Settings) -> ComponentSpec:
-    """`mlflow server` on the project's tracking and registry store, artifacts where the registry puts them."""
+def _mlflow_spec(settings: Settings, title: str, store_args: tuple[str, ...], env: dict[str, str]) -> ComponentSpec:
+    """`mlflow server` with `store_args` on 127.0.0.1:stack.mlflow_port, ready when /health answers."""
     port = settings.stack.mlflow_port
     url = f"http://{HOST}:{port}"
-    artifacts = settings.artifact_root.as_uri()
-    env = stack_environment(settings)
-    # Job execution (GenAI scorers, trace rollups) would start a job consumer next to the UI; slipway has no jobs.
+    # Job execution (GenAI scorers, trace rollups) would start a job consumer next to the server; slipway has none.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     return ComponentSpec(
         name=MLFLOW,
-        title="MLflow UI",
+        title=title,
         argv=(
             sys.executable,
             "-m",
             "mlflow",
             "server",
-            "--backend-store-uri",
-            settings.tracking_uri,
-            "--registry-store-uri",
-            settings.registry_uri,
-            # Experiments created through the server keep their artifacts where slipway's own go, and
-            # proxied uploads (mlflow-artifacts:/) land there too.
-            "--default-artifact-root",
-            artifacts,
-            "--artifacts-destination",
-            artifacts,
+            *store_args,
             "--host",
             HOST,
             "--port",
@@ -296,46 +285,36 @@ def mlflow_ui(settings: Settings) -> ComponentSpec:
     )
 
 
+def mlflow_ui(settings: Settings) -> ComponentSpec:
+    """`mlflow server` on the project's tracking and registry store, artifacts where the registry puts them."""
+    artifacts = settings.artifact_root.as_uri()
+    store_args = (
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--registry-store-uri",
+        settings.registry_uri,
+        # Experiments created through the server keep their artifacts where slipway's own go, and proxied uploads
+        # (mlflow-artifacts:/) land there too.
+        "--default-artifact-root",
+        artifacts,
+        "--artifacts-destination",
+        artifacts,
+    )
+    return _mlflow_spec(settings, "MLflow UI", store_args, stack_environment(settings))
+
+
 def mlflow_server(settings: Settings) -> ComponentSpec:
     """`mlflow server` on stack.mlflow_database (PostgreSQL) with proxied artifacts: clients log and read them over
     HTTP (mlflow-artifacts:/), and the server keeps them under <home>/mlartifacts."""
-    port = settings.stack.mlflow_port
-    url = f"http://{HOST}:{port}"
     env = {**stack_environment(settings), **postgres_env(settings)}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # as for the UI: no job consumer next to the server
     # The store URI through the environment, not argv: `ps` shows a command line to everyone on the machine.
     env["MLFLOW_BACKEND_STORE_URI"] = database_url(settings, settings.stack.mlflow_database, "postgresql+psycopg2")
     env.pop("MLFLOW_REGISTRY_STORE_URI", None)  # the registry lives in the same database
     for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the clients' view: the server is not a client
         env.pop(variable, None)
     env.pop("MLFLOW_DEFAULT_ARTIFACT_ROOT", None)  # proxied: the server's default root is mlflow-artifacts:/
-    return ComponentSpec(
-        name=MLFLOW,
-        title="MLflow server",
-        argv=(
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            settings.artifact_root.as_uri(),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--workers",
-            str(settings.stack.mlflow_workers),
-        ),
-        env=env,
-        cwd=settings.home,
-        port=port,
-        port_setting="stack.mlflow_port",
-        url=url,
-        health_url=f"{url}/health",
-        ready_timeout_s=settings.stack.mlflow_ready_timeout_s,
-        timeout_setting="stack.mlflow_ready_timeout_s",
-    )
+    store_args = ("--serve-artifacts", "--artifacts-destination", settings.artifact_root.as_uri())
+    return _mlflow_spec(settings, "MLflow server", store_args, env)
 
 
 def servers(settings: Settings) -> list[ComponentSpec]:
