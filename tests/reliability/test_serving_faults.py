@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 LOAD_SECONDS = 60
 BENCH_LOAD = {"threads": 2, "connections": 32, "workers": 2}  # bench/serving.py ServingOptions defaults
-BENCH_TOP_REQ_S = 1_572  # BENCHMARKS.md: slipway-logged, 2 workers, 1 row, the best inference-logged figure
+BENCH_TOP_REQ_S = 7_288  # BENCHMARKS.md (2026-11-30 run): slipway-logged, 2 workers, 1 row
 
 
 def workers_of(pid: int) -> list[int]:
@@ -162,7 +162,7 @@ def test_sixty_seconds_at_benchmark_load_lose_nothing_and_hold_memory(
     written = delta("slipway_inference_log_rows_written_total")
     dropped = delta("slipway_inference_log_rows_dropped_total")
     with sqlite3.connect(db) as connection:
-        logged_total = connection.execute("SELECT COUNT(*) FROM inference_log").fetchone()[0]
+        logged_total = connection.execute("SELECT COALESCE(SUM(n_rows), 0) FROM inference_log").fetchone()[0]
     growth = (end_rss - baseline) / baseline
     figures.tried = (
         f"wrk -t{load.threads} -c{load.connections} -d{LOAD_SECONDS}s, one-row POST /predict, 2 workers, inference "
