@@ -40,17 +40,14 @@ from tests.infra.assets import (
     serving_container,
 )
 from tests.serving.test_bento import (  # noqa: F401
-    SERVER_START_TIMEOUT_S,
     BuiltBento,
     ExampleModel,
     RunningServer,
     built_bento,
     example_model,
     free_port,
-    serve_command,
-    serve_env,
+    start_server,
     stop_server,
-    wait_ready,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -73,21 +70,9 @@ def deployment_env(log_db: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def served(built_bento: BuiltBento, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("k8s-env")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = folder / "bentoml-serve.log"
-    started = time.perf_counter()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            serve_command(built_bento.ref.tag, port),
-            env=serve_env(built_bento.home, **deployment_env(folder / "inference_log.db")),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process, running = start_server(built_bento, folder, **deployment_env(folder / "inference_log.db"))
     try:
-        wait_ready(url, process, log_path, SERVER_START_TIMEOUT_S)
-        yield RunningServer(url=url, start_seconds=time.perf_counter() - started, log_path=log_path)
+        yield running
     finally:
         stop_server(process)
 

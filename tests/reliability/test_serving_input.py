@@ -11,11 +11,9 @@ the limit, whether it declares its length or is chunked, while a request exactly
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,18 +21,14 @@ import pytest
 
 from tests.reliability.conftest import Figures
 from tests.serving.test_bento import (  # noqa: F401
-    SERVER_START_TIMEOUT_S,
     BuiltBento,
     ExampleModel,
     RunningServer,
     built_bento,
     example_model,
-    free_port,
-    serve_command,
-    serve_env,
     stop_server,
-    wait_ready,
 )
+from tests.serving.test_bento import start_server as start
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -42,28 +36,6 @@ KEY = "rel-key-4f0b9c2e51"
 MAX_ROWS = 50
 MAX_BODY = 64_000
 SCHEMATHESIS_CASES = 1_200  # positive and negative, spread over the documented operations
-
-
-def start(bento: BuiltBento, folder: Path, **env: str) -> tuple[subprocess.Popen[bytes], RunningServer]:
-    """`bentoml serve` of the Bento on a free loopback port with the given SLIPWAY_* settings, ready."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = folder / "bentoml-serve.log"
-    started = time.perf_counter()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            serve_command(bento.ref.tag, port),
-            env=serve_env(bento.home, **env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_ready(url, process, log_path, SERVER_START_TIMEOUT_S)
-    except BaseException:
-        stop_server(process)
-        raise
-    return process, RunningServer(url=url, start_seconds=time.perf_counter() - started, log_path=log_path)
 
 
 @pytest.fixture(scope="module")

@@ -197,25 +197,40 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeo
     pytest.fail(f"bentoml serve not ready after {timeout_s:.0f} s:\n{log_path.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(built_bento: BuiltBento, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A real `bentoml serve` of the built Bento: one worker, batches capped at MAX_BATCH_ROWS."""
+def start_server(bento: BuiltBento, folder: Path, **env: str) -> tuple[subprocess.Popen[bytes], RunningServer]:
+    """`bentoml serve` of the Bento on a free loopback port with the given SLIPWAY_* settings, ready; its log in
+    `folder`. Stopped (and the error raised) when it does not get ready."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("server") / "bentoml-serve.log"
-    env = serve_env(built_bento.home, SLIPWAY_WORKERS="1", SLIPWAY_MAX_BATCH_ROWS=str(MAX_BATCH_ROWS))
+    log_path = folder / "bentoml-serve.log"
     started = time.perf_counter()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            serve_command(built_bento.ref.tag, port),
-            env=env,
+            serve_command(bento.ref.tag, port),
+            env=serve_env(bento.home, **env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown reaches the workers too
         )
     try:
         wait_ready(url, process, log_path, SERVER_START_TIMEOUT_S)
-        yield RunningServer(url=url, start_seconds=time.perf_counter() - started, log_path=log_path)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, RunningServer(url=url, start_seconds=time.perf_counter() - started, log_path=log_path)
+
+
+@pytest.fixture(scope="module")
+def server(built_bento: BuiltBento, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real `bentoml serve` of the built Bento: one worker, batches capped at MAX_BATCH_ROWS."""
+    process, running = start_server(
+        built_bento,
+        tmp_path_factory.mktemp("server"),
+        SLIPWAY_WORKERS="1",
+        SLIPWAY_MAX_BATCH_ROWS=str(MAX_BATCH_ROWS),
+    )
+    try:
+        yield running
     finally:
         stop_server(process)
 

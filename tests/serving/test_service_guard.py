@@ -25,18 +25,14 @@ import httpx
 import pytest
 
 from tests.serving.test_bento import (  # noqa: F401
-    SERVER_START_TIMEOUT_S,
     BuiltBento,
     ExampleModel,
     RunningServer,
     built_bento,
     example_model,
-    free_port,
-    serve_command,
-    serve_env,
     stop_server,
-    wait_ready,
 )
+from tests.serving.test_bento import start_server as start_bento_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -45,25 +41,8 @@ BODY_LIMIT = 16_000
 
 
 def start_server(bento: BuiltBento, log_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], RunningServer]:
-    """`bentoml serve` of the Bento with two workers and the given SLIPWAY_* settings, ready."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = log_dir / "bentoml-serve.log"
-    started = time.perf_counter()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            serve_command(bento.ref.tag, port),
-            env=serve_env(bento.home, SLIPWAY_WORKERS="2", **env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_ready(url, process, log_path, SERVER_START_TIMEOUT_S)
-    except BaseException:
-        stop_server(process)
-        raise
-    return process, RunningServer(url=url, start_seconds=time.perf_counter() - started, log_path=log_path)
+    """`bentoml serve` of the Bento with two workers (unless env says otherwise) and the given settings, ready."""
+    return start_bento_server(bento, log_dir, **{"SLIPWAY_WORKERS": "2", **env})
 
 
 @pytest.fixture(scope="module")
