@@ -25,7 +25,6 @@ that nobody reaped, counts as gone.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -54,6 +53,7 @@ from prefect.cache_policies import NO_CACHE
 from configs.settings import ServingSettings
 from serving.spec import MODEL_FILE, ModelIntegrityError, read_spec, verify_model_file
 from tasks.errors import BackendNotReady, FrontUnavailable, RegistryError, ServingError
+from tasks.locks import file_lock
 from tasks.package import split_tag
 from tasks.resources import Registry
 from tasks.types import Result
@@ -825,21 +825,9 @@ def read_state(home: Path) -> ServingState | None:
 @contextmanager
 def _locked(serving_dir: Path, timeout_s: float = 600.0) -> Iterator[None]:
     """One deploy or stop at a time per home (another waits for it)."""
-    serving_dir.mkdir(parents=True, exist_ok=True)
-    with (serving_dir / "lock").open("a") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ServingError(f"another deploy or stop holds {serving_dir / 'lock'}") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    path = serving_dir / "lock"
+    with file_lock(path, timeout_s, lambda holder: ServingError(f"another deploy or stop holds {path} ({holder})")):
+        yield
 
 
 # --- deploy, status, stop ---------------------------------------------------------------------------------

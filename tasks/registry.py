@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +21,7 @@ from tasks.errors import (
     RegistryError,
     RollbackImpossible,
 )
+from tasks.locks import file_lock
 from tasks.resources import Registry
 from tasks.types import (
     AliasMove,
@@ -168,39 +166,18 @@ def model_lock(
     The kernel drops the lock when its holder dies, so a killed release never blocks the next one. RegistryError
     after `timeout_s`, naming the holder.
     """
-    lock_dir.mkdir(parents=True, exist_ok=True)
     path = lock_dir / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}.lock"
-    started = time.monotonic()
-    with path.open("a+", encoding="utf-8") as handle:
-        attempts = 0
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                if time.monotonic() - started > timeout_s:
-                    raise RegistryError(
-                        f"{name}: another release, promotion or rollback holds {path} ({holder}) for more than "
-                        f"{timeout_s:g} s"
-                    ) from None
-                # Said on the second try: a holder that has just taken the lock may not have written its pid yet.
-                if attempts == 1 and on_wait is not None:
-                    on_wait(f"{name}: waiting for {holder} to finish its registry change ({path})")
-                attempts += 1
-                time.sleep(0.2)
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
-            handle.flush()
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(
+        path,
+        timeout_s,
+        on_timeout=lambda holder: RegistryError(
+            f"{name}: another release, promotion or rollback holds {path} ({holder}) for more than {timeout_s:g} s"
+        ),
+        on_wait=(lambda holder: on_wait(f"{name}: waiting for {holder} to finish its registry change ({path})"))
+        if on_wait is not None
+        else None,
+    ):
+        yield
 
 
 # --- promotion -----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ SIGTERM-then-SIGKILL, log tail) are tasks/deploy.py's, shared rather than copied
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import socket
@@ -36,6 +35,7 @@ import yaml
 from configs.settings import Settings
 from tasks import deploy as _proc  # its process helpers: one implementation of spawn, lookup and stop
 from tasks.errors import SlipwayError
+from tasks.locks import file_lock
 from tasks.types import Result
 
 STACK_FILE = "stack.json"
@@ -540,21 +540,11 @@ def record_databases(home: Path, databases: list[DatabaseStatus]) -> None:
 @contextmanager
 def stack_lock(home: Path, timeout_s: float = 600.0) -> Iterator[None]:
     """One `slipway up` or `down` at a time per home (another waits for it)."""
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / LOCK_FILE).open("a") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StackError(f"another `slipway up` or `down` holds {home / LOCK_FILE}") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    path = home / LOCK_FILE
+    with file_lock(
+        path, timeout_s, lambda holder: StackError(f"another `slipway up` or `down` holds {path} ({holder})")
+    ):
+        yield
 
 
 # --- processes --------------------------------------------------------------------------------------------
