@@ -181,26 +181,6 @@ class LoggedRequest:
             start = end
         return requests
 
-    def rows(self) -> list[LoggedRow]:
-        """The request as one LoggedRow per predicted row."""
-        names = list(self.features)
-        columns = [self.features[name] for name in names]
-        probabilities = self.probabilities
-        return [
-            LoggedRow(
-                request_id=self.request_id,
-                model_name=self.model_name,
-                model_version=self.model_version,
-                row_index=i,
-                features=dict(zip(names, (column[i] for column in columns), strict=True)),
-                prediction=prediction,
-                latency_ms=self.latency_ms,
-                probabilities=probabilities[i] if probabilities is not None else None,
-                ts=self.ts,
-            )
-            for i, prediction in enumerate(self.predictions)
-        ]
-
 
 def sqlite_url(path: Path | str) -> str:
     """The SQLAlchemy URL of a SQLite file (absolute, so it does not depend on the working directory)."""
@@ -410,32 +390,39 @@ def _metrics_for(registry: CollectorRegistry | None) -> _Metrics:
 _Encoded = tuple[datetime, str, str, str, int, str, str, str | None, float]
 
 
-def _columns(request: LoggedRequest) -> Mapping[str, Any]:
+def _plain_columns(features: Mapping[str, Sequence[Any]]) -> Mapping[str, Any]:
     # A plain dict for the encoder (a feature's values may be a list or a numpy array).
-    return request.features if type(request.features) is dict else dict(request.features)
+    return features if type(features) is dict else dict(features)
 
 
-def _probabilities(request: LoggedRequest) -> Any:
-    probabilities = request.probabilities
+def _plain_probabilities(probabilities: Sequence[Sequence[float]] | None) -> Any:
     if probabilities is None or hasattr(probabilities, "tolist"):
         return probabilities
     return [list(p) if p is not None and not isinstance(p, list) else p for p in probabilities]
 
 
-def encode_request(request: LoggedRequest) -> _Encoded:
+def _encode(
+    ts: datetime,
+    request_id: str,
+    model_name: str,
+    model_version: str,
+    features: Mapping[str, Any],
+    predictions: Sequence[Any],
+    probabilities: Any,
+    latency_ms: float,
+) -> _Encoded:
     """The request as the table row the writer inserts, its JSON columns encoded (None probabilities stay
     None: SQL NULL, as the column's none_as_null says)."""
-    probabilities = _probabilities(request)
     return (
-        _as_utc(request.ts),
-        request.request_id,
-        request.model_name,
-        request.model_version,
-        request.n_rows,
-        _json_dumps(_columns(request)),
-        _json_dumps(request.predictions),
+        _as_utc(ts),
+        request_id,
+        model_name,
+        model_version,
+        len(predictions),
+        _json_dumps(features),
+        _json_dumps(predictions),
         _json_dumps(probabilities) if probabilities is not None else None,
-        float(request.latency_ms),
+        float(latency_ms),
     )
 
 
@@ -627,15 +614,22 @@ class InferenceLog:
     def record_request(self, request: LoggedRequest) -> None:
         """Queue one request given in columns; returns at once and never raises."""
         try:
-            n_rows = request.n_rows
-            if n_rows == 0:
+            try:  # a LoggedRequest may hold any Mapping and Sequence: plain dicts and lists for the encoder
+                features = _plain_columns(request.features)
+                probabilities = _plain_probabilities(request.probabilities)
+            except (TypeError, ValueError) as error:
+                self._refused(request.request_id, request.n_rows, error)
                 return
-            try:
-                encoded = encode_request(request)
-            except (TypeError, ValueError) as error:  # values no JSON can hold, a latency that is no number
-                self._refused(request.request_id, n_rows, error)
-                return
-            self._enqueue(encoded, n_rows)
+            self.record_columns(
+                request.request_id,
+                request.model_name,
+                request.model_version,
+                features,
+                request.predictions,
+                probabilities,
+                request.latency_ms,
+                ts=request.ts,
+            )
         except Exception:  # the request must not fail because of its log; the writer reports the count
             self.record_errors += 1
 
@@ -648,30 +642,32 @@ class InferenceLog:
         predictions: Sequence[Any],
         probabilities: Sequence[Sequence[float]] | None,
         latency_ms: float,
+        *,
+        ts: datetime | None = None,
     ) -> None:
-        """record_request without building a LoggedRequest: what the service calls on every request (the time
-        is now). Returns at once and never raises."""
+        """Queue one request as the service has it (features a dict of lists, probabilities a list of lists),
+        taken at `ts` (default: now), without building a LoggedRequest: what the service calls on every
+        request. Returns at once and never raises."""
         try:
             n_rows = len(predictions)
             if n_rows == 0:
                 return
             try:
-                encoded: _Encoded = (
-                    datetime.now(UTC),
+                encoded = _encode(
+                    datetime.now(UTC) if ts is None else ts,
                     request_id,
                     model_name,
                     model_version,
-                    n_rows,
-                    _json_dumps(features),
-                    _json_dumps(predictions),
-                    _json_dumps(probabilities) if probabilities is not None else None,
-                    float(latency_ms),
+                    features,
+                    predictions,
+                    probabilities,
+                    latency_ms,
                 )
-            except (TypeError, ValueError) as error:
+            except (TypeError, ValueError) as error:  # values no JSON can hold, a latency that is no number
                 self._refused(request_id, n_rows, error)
                 return
             self._enqueue(encoded, n_rows)
-        except Exception:
+        except Exception:  # the request must not fail because of its log; the writer reports the count
             self.record_errors += 1
 
     def _refused(self, request_id: str, n_rows: int, error: BaseException) -> None:
