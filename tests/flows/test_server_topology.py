@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,25 +24,11 @@ from typer.testing import CliRunner
 from configs import load_config
 from flows.cli import app
 from tasks import stack
+from tests.flows.test_stack import free_port, gone
+from tests.postgres import POSTGRES_URL, admin_connection
 
 runner = CliRunner()
-POSTGRES_URL = os.environ.get("SLIPWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def gone(pid: int) -> bool:
-    """True if pid is not a live process (a zombie counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def processes_of(home: Path) -> list[int]:
@@ -58,21 +43,6 @@ def processes_of(home: Path) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def admin_connection() -> Any:
-    """An autocommit connection to the test's PostgreSQL server (CREATE/DROP DATABASE need one)."""
-    import psycopg2
-
-    try:
-        connection = psycopg2.connect(POSTGRES_URL, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(
-            f"the server topology test needs PostgreSQL at {POSTGRES_URL} (SLIPWAY_TEST_POSTGRES_URL moves it; "
-            f'`pytest -m "not server"` leaves the test out): {str(exc).strip()}'
-        )
-    connection.autocommit = True
-    return connection
 
 
 def query(database_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -31,11 +31,10 @@ from sqlalchemy.engine import make_url
 
 from tests.infra.assets import PG_INIT, compose, panel_queries, sql_for_postgres
 from tests.infra.test_compose import filled_env
+from tests.postgres import POSTGRES_URL, admin_connection
 from tests.serving.test_bento import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(300)]
-
-POSTGRES_URL = os.environ.get("SLIPWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @dataclass(frozen=True)
@@ -48,20 +47,6 @@ class Databases:
     def url(self, part: str, driver: str = "postgresql+psycopg2", database: str | None = None) -> str:
         name = self.names[part]
         return f"{driver}://{name}:{self.passwords[part]}@{self.host}:{self.port}/{database or name}"
-
-
-def admin_connection() -> Any:
-    import psycopg2
-
-    try:
-        connection = psycopg2.connect(POSTGRES_URL, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(
-            f"this test needs PostgreSQL at {POSTGRES_URL} (SLIPWAY_TEST_POSTGRES_URL moves it; "
-            f'`pytest -m "not server"` leaves it out): {str(exc).strip()}'
-        )
-    connection.autocommit = True
-    return connection
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from tests.flows.test_monitor_flow import serving_url
 from tests.reliability.conftest import Figures
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_harness")]
@@ -131,14 +132,6 @@ def send(url: str, frame: pd.DataFrame, key: str, batch: int = 20) -> int:
             answer = client.post("/predict", json={"records": records[start : start + batch]})
             assert answer.status_code == 200, answer.text[:300]
     return len(records)
-
-
-def serving_url(home: Path) -> str:
-    from tasks.deploy import serving_status
-
-    status = serving_status(home)
-    assert status.state is not None and status.condition == "serving", status.detail
-    return status.state.front.probe_url
 
 
 def _train_runs(home: Path) -> int:
