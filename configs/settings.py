@@ -158,6 +158,67 @@ class PromotionSettings(Section):
         return self
 
 
+# Values a remote deploy command may name, e.g. ["kubectl", "set", "image", "deployment/slipway", "bento={image}"].
+DEPLOY_PLACEHOLDERS = ("model_name", "model_version", "bento_tag", "bento_name", "bento_version", "image")
+
+
+class RemoteServingSettings(Section):
+    """Serving that slipway does not run itself: what it reaches, how it redeploys, where latency comes from.
+
+    sync and the monitor read the version served at `url` from its /metrics (slipway_model_info) and, when the
+    champion alias points elsewhere, run `deploy_command` and wait until `url` reports the new version.
+    """
+
+    url: str = Field(
+        ..., pattern=r"^https?://", description="Base URL applications call (a Kubernetes Service, a load balancer)."
+    )
+    deploy_command: list[str] = Field(
+        ...,
+        min_length=1,
+        description="argv run to roll serving to a version (no shell; use [sh, -c, ...] for one). Placeholders: "
+        "{model_name} {model_version} {bento_tag} {bento_name} {bento_version} {image}. Example: "
+        "[kubectl, -n, ml, set, image, deployment/slipway-serving, bento={image}].",
+    )
+    image: str = Field(
+        "slipway-serving:{bento_version}",
+        description="What {image} stands for: the image `slipway image` built of the Bento (same placeholders).",
+    )
+    rollout_timeout_s: float = Field(
+        900.0, gt=0, description="Longest wait for the command and then for url to report the new version."
+    )
+    settle_scrapes: int = Field(
+        3,
+        ge=1,
+        description="Consecutive /metrics scrapes of url that must all report the new version (pods "
+        "behind a Service answer in turn, so one scrape may reach an old pod).",
+    )
+    prometheus_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Prometheus that scrapes every serving pod: the monitor's latency and 5xx rate are summed "
+        "over all of them from there. Unset: from url's own /metrics (right for one pod only).",
+    )
+    prometheus_selector: str = Field(
+        "",
+        description='Extra PromQL label matchers for the serving series, e.g. job="slipway-serving".',
+    )
+
+    @field_validator("deploy_command", "image")
+    @classmethod
+    def _known_placeholders(cls, value: list[str] | str) -> list[str] | str:
+        from string import Formatter
+
+        for arg in [value] if isinstance(value, str) else value:
+            try:
+                names = [name for _, name, _, _ in Formatter().parse(arg) if name is not None]
+            except ValueError as exc:
+                raise ValueError(f"{arg!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+            unknown = [n for n in names if n not in DEPLOY_PLACEHOLDERS]
+            if unknown:
+                raise ValueError(f"{arg!r} names {{{unknown[0]}}}; known: {', '.join(DEPLOY_PLACEHOLDERS)}")
+        return value
+
+
 class ServingSettings(Section):
     host: str = Field("127.0.0.1", description="Bind address; keep loopback unless a proxy fronts it.")
     port: int = Field(3000, ge=1, le=65535)
@@ -172,6 +233,19 @@ class ServingSettings(Section):
         None, description="SQLAlchemy URL of the inference log. Default: a SQLite file under project.home."
     )
     deploy_on_release: bool = Field(False, description="Serve the new champion when a release promotes one.")
+    target: Literal["local", "remote"] = Field(
+        "local",
+        description="local: `slipway deploy` runs bentoml serve behind HAProxy on this machine. remote: serving "
+        "runs elsewhere (Kubernetes, compose, another host), reached at serving.remote.url and redeployed by "
+        "serving.remote.deploy_command; deploy, sync and the monitor then act through those.",
+    )
+    remote: RemoteServingSettings | None = Field(None, description="Required when target is remote.")
+
+    @model_validator(mode="after")
+    def _remote_given(self) -> ServingSettings:
+        if self.target == "remote" and self.remote is None:
+            raise ValueError("target is remote but serving.remote is not set (it needs url and deploy_command)")
+        return self
 
 
 class DriftSettings(Section):

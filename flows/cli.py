@@ -243,8 +243,18 @@ def deploy_cmd(
     s = loaded.settings
     console.rule(f"[bold]slipway deploy[/] {s.model.name} {'v' + version if version else s.promotion.champion_alias}")
     from flows.deploy import deploy as deploy_flow
+    from flows.deploy import deploy_remote
     from tasks.errors import SlipwayError
 
+    if s.serving.target == "remote":
+        try:
+            deployed = deploy_remote(version=version, env=env, config_file=_opt(config))
+        except SlipwayError as exc:
+            raise _fail(exc) from None
+        console.rule(f"{s.model.name} v{deployed.model_version}: [bold green]serving[/] (remote)")
+        console.print(f"[bold]{'URL':>14}[/]  {deployed.url}/predict", highlight=False)
+        console.print(f"[bold]{'done':>14}[/]  {deployed.detail}", highlight=False)
+        return
     try:
         result = deploy_flow(version=version, env=env, config_file=_opt(config), ready_timeout_s=ready_timeout)
     except SlipwayError as exc:
@@ -260,11 +270,13 @@ def status(
 ) -> None:
     """Show what is serving: model version, Bento tag, URL, pids, uptime and health; and the processes `slipway up`
     started (name, pid, URL, alive). Exits 0 only when the server is healthy and every one of those processes is
-    alive, 1 otherwise (stopped, degraded or stale)."""
+    alive, 1 otherwise (stopped, degraded or stale). With serving.target remote: what serving.remote.url reports."""
     loaded = _load(env, config)
     from tasks.deploy import serving_status
     from tasks.stack import read_stack, stack_status
 
+    if loaded.settings.serving.target == "remote":
+        raise typer.Exit(_remote_status(loaded.settings, as_json))
     current = serving_status(loaded.settings.home)
     processes = stack_status(loaded.settings.home)
     state = read_stack(loaded.settings.home)
@@ -290,7 +302,13 @@ def status(
 @app.command("stop")
 def stop_cmd(env: EnvOption = None, config: ConfigOption = None) -> None:
     """Stop serving: the front stops listening and finishes the requests in flight, then every server stops."""
-    _load(env, config)
+    if _load(env, config).settings.serving.target == "remote":
+        err.print(
+            "[bold red]error:[/] serving.target is remote: slipway does not run that serving, so it does not stop "
+            "it; scale it down on its platform (e.g. kubectl scale deployment/slipway-serving --replicas=0)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     from flows.deploy import stop as stop_flow
     from tasks.errors import SlipwayError
 
@@ -503,6 +521,25 @@ def _print_deploy(result: DeployResult) -> None:
     ]
     for label, value in rows:
         console.print(f"[bold]{label:>14}[/]  {value}", highlight=False)
+
+
+def _remote_status(s: Settings, as_json: bool) -> int:
+    """`slipway status` for remote serving: 0 when serving.remote.url is ready and reports one version."""
+    from tasks.remote import remote_view
+    from tasks.served import api_key
+
+    assert s.serving.remote is not None
+    view = remote_view.fn(s.serving.remote, s.model.name, api_key(s))
+    if as_json:
+        console.print(json.dumps(view.model_dump(mode="json") | {"target": "remote"}), highlight=False)
+    else:
+        colour = {"serving": "green", "unhealthy": "yellow", "unreachable": "red"}[view.condition]
+        console.print(f"[bold]{'status':>14}[/]  [bold {colour}]{view.condition}[/] (remote)", highlight=False)
+        version = f"v{view.model_version}" if view.model_version else "unknown"
+        console.print(f"[bold]{'model':>14}[/]  {s.model.name} {version}", highlight=False)
+        console.print(f"[bold]{'URL':>14}[/]  {view.url}/predict", highlight=False)
+        console.print(f"[bold]{'detail':>14}[/]  {view.detail}", highlight=False)
+    return 0 if view.condition == "serving" and view.model_version else 1
 
 
 def _print_status(current: ServingStatus) -> None:
@@ -750,6 +787,14 @@ def _serve_champion(s: Settings) -> tuple[str | None, bool]:
     from tasks.errors import SlipwayError
     from tasks.resources import registry_from_settings
 
+    if s.serving.target == "remote":
+        assert s.serving.remote is not None
+        console.print(
+            f"[yellow]{'skipped':>11}[/]  serving: serving.target is remote ({s.serving.remote.url}); the sync "
+            "deployment keeps it on the champion through serving.remote.deploy_command",
+            highlight=False,
+        )
+        return s.serving.remote.url, False
     current = serving_status(s.home)
     if current.condition == "serving" and current.state is not None:
         backend = current.state.backend

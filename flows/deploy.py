@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from flows.context import open_context
 from tasks.deploy import DeployResult, StopResult, deploy_bento, resolve_target, stop_serving
+from tasks.served import Deployed, deploy_version
 
 
 @flow(name="deploy", log_prints=True)
@@ -39,6 +40,16 @@ def deploy(
         result.drain_s,
     )
     return result
+
+
+@flow(name="deploy-remote", log_prints=True)
+def deploy_remote(version: str | None = None, env: str | None = None, config_file: str | None = None) -> Deployed:
+    """serving.target remote: run serving.remote.deploy_command for VERSION (default: the champion) and wait
+    until serving.remote.url reports that version."""
+    ctx = open_context(env, config_file)
+    deployed = deploy_version(ctx.settings, ctx.registry, version)
+    get_run_logger().info(deployed.detail)
+    return deployed
 
 
 @flow(name="stop-serving", log_prints=True)

@@ -17,7 +17,6 @@ from prefect import flow, get_run_logger
 
 from flows.context import FlowContext, open_context
 from tasks import observe
-from tasks.deploy import ServingStatus, deploy_bento, resolve_target, serving_status
 from tasks.monitor import (
     DriftMethods,
     DriftRun,
@@ -34,6 +33,8 @@ from tasks.monitor import (
     settle_retrain,
 )
 from tasks.registry import read_history
+from tasks.remote import prometheus_histogram
+from tasks.served import Served, api_key, current, deploy_version
 from tasks.types import Check, ReleaseSummary
 from tasks.validate import load_suite, validate_data
 
@@ -83,9 +84,9 @@ def monitor_flow(
     now = observe.now_utc()
     state = observe.load_state(s.monitor_dir)
 
-    serving = serving_status(s.home)
-    version = serving.state.backend.model_version if serving.state is not None else None
-    latency, scrape = _latency(ctx, serving)
+    serving = current(s, ctx.registry)
+    version = serving.model_version
+    latency, scrape = _latency(ctx, serving, now - timedelta(minutes=window_minutes or m.window_minutes))
     log_loss = inference_log_loss(scrape) if scrape is not None else None
 
     since = since or now - timedelta(minutes=window_minutes or m.window_minutes)
@@ -149,23 +150,27 @@ def monitor_flow(
     return verdict
 
 
-def _latency(ctx: FlowContext, serving: ServingStatus) -> tuple[LatencySummary | None, str | None]:
+def _latency(ctx: FlowContext, serving: Served, since: datetime) -> tuple[LatencySummary | None, str | None]:
     """/predict latency since the last run's scrape, and the last /metrics text; (None, None) when serving does
-    not answer."""
+    not answer. Remote serving with a Prometheus: latency over the window summed over every pod it scrapes."""
     s = ctx.settings
-    if serving.state is None or serving.condition == "stale":
+    if not serving.answering or serving.url is None:
         return None, None
-    base = serving.state.front.probe_url
+    base = serving.url
     text = observe.scrape_metrics(base)
     if text is None:
         return None, None
+    remote = s.serving.remote if s.serving.target == "remote" else None
+    if remote is not None and remote.prometheus_url:
+        window_s = (observe.now_utc() - since).total_seconds()
+        histogram = prometheus_histogram(remote.prometheus_url, window_s, remote.prometheus_selector)
+        return latency_summary(histogram), text
     before = observe.load_last_scrape(s.monitor_dir)
     histogram = observe.histogram_of(text)
     window = histogram.minus(before) if before is not None else histogram
-    if window.count == 0 and s.monitor.slo.probe_requests > 0:
-        reference = observe.load_reference(ctx.registry, s.model.name, serving.state.backend.model_version)
-        keys = s.serving.api_keys
-        observe.probe(base, reference, s.monitor.slo.probe_requests, keys[0].get_secret_value() if keys else None)
+    if window.count == 0 and s.monitor.slo.probe_requests > 0 and serving.model_version is not None:
+        reference = observe.load_reference(ctx.registry, s.model.name, serving.model_version)
+        observe.probe(base, reference, s.monitor.slo.probe_requests, api_key(s))
         text = observe.scrape_metrics(base)
         if text is None:
             return None, None
@@ -176,24 +181,34 @@ def _latency(ctx: FlowContext, serving: ServingStatus) -> tuple[LatencySummary |
 
 
 def _drift(
-    ctx: FlowContext, reference: pd.DataFrame, window: pd.DataFrame, features: list[str], serving: ServingStatus
+    ctx: FlowContext, reference: pd.DataFrame, window: pd.DataFrame, features: list[str], serving: Served
 ) -> DriftRun:
-    """Inputs and predictions of the window against the reference sample and the model's answers on it."""
+    """Inputs and predictions of the window against the reference sample and the model's answers on it.
+
+    Prediction drift needs the served model on this machine (the BentoML store the release wrote); a remote
+    service's model that is not there gets input drift only, and the log says why."""
     s = ctx.settings
-    assert serving.state is not None
     reference = reference[features].copy()
-    model_dir = s.bentoml_home / "models" / serving.state.backend.model_tag.replace(":", "/")
-    reference[observe.PREDICTION] = observe.predictions_for(model_dir, reference)
-    current = window[features].copy()
-    current[observe.PREDICTION] = window["prediction"].tolist()
+    live = window[features].copy()
+    prediction_column: str | None = None
+    if serving.model_dir is not None:
+        reference[observe.PREDICTION] = observe.predictions_for(serving.model_dir, reference)
+        live[observe.PREDICTION] = window["prediction"].tolist()
+        prediction_column = observe.PREDICTION
+    else:
+        get_run_logger().warning(
+            "v%s's model is not in this machine's BentoML store (%s): prediction drift not judged",
+            serving.model_version,
+            s.bentoml_home,
+        )
     return drift_run(
         reference,
-        current,
+        live,
         features,
         methods_of(ctx),
         sample_rows=s.monitor.drift.sample_rows,
         seed=s.data.random_state,
-        prediction_column=observe.PREDICTION,
+        prediction_column=prediction_column,
         prediction_kind="categorical" if s.model.task == "classification" else "numerical",
     )
 
@@ -232,10 +247,7 @@ def _act(ctx: FlowContext, verdict: MonitorVerdict, env: str | None, config_file
 
 
 def _deploy(ctx: FlowContext, version: str | None) -> str:
-    s = ctx.settings
-    target = resolve_target(ctx.registry, s.model.name, s.promotion.champion_alias, s.bentoml_home, version)
-    result = deploy_bento(target.bento.tag, s.serving, s.home, s.bentoml_home, s.inference_log_url)
-    return f"serving v{result.state.backend.model_version} ({target.bento.tag}) at {result.url}"
+    return deploy_version(ctx.settings, ctx.registry, version).detail
 
 
 def _launch_retrain(mode: str, env: str | None, config_file: str | None) -> str | None:

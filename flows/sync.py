@@ -2,7 +2,8 @@
 
 A promotion or rollback made in the MLflow UI moves the alias and nothing else; this flow, run on an interval
 by `slipway up` (or by hand with `slipway sync`), writes the move into the promotion history as "manual" and
-redeploys. It only replaces a running server: when nothing is serving (`slipway stop`), it starts nothing.
+redeploys, on this machine or, with serving.target remote, through the platform's deploy command. It only
+replaces running serving: when nothing answers (`slipway stop`, or the remote url is down), it starts nothing.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.context import open_context
-from tasks.deploy import deploy_bento, resolve_target, serving_status
 from tasks.registry import champion_in_history, read_history, record_manual_move
+from tasks.served import current, deploy_version
 from tasks.types import Result
 
 
@@ -40,24 +41,24 @@ def sync_flow(env: str | None = None, config_file: str | None = None) -> SyncRes
             recorded = True
             log.info("%s: %s moved outside slipway from v%s to v%s; recorded as manual", name, alias, known, champion)
 
-    status = serving_status(s.home)
-    served = status.state.backend.model_version if status.state is not None else None
+    serving = current(s, ctx.registry)
+    served = serving.model_version
     if champion is None:
         detail = f"{name} has no {alias}; serving left as it is"
-    elif status.state is None or status.condition == "stale":
-        detail = f"nothing is serving ({status.detail}); `slipway deploy` starts serving v{champion}"
-    elif served == champion and status.condition == "serving":
+    elif not serving.answering:
+        hint = "`slipway deploy` starts" if serving.target == "local" else "bring it up, then sync deploys"
+        detail = f"nothing is serving ({serving.detail}); {hint} serving v{champion}"
+    elif served == champion and serving.condition == "serving":
         detail = f"serving v{served}, the {alias}: nothing to do"
     else:
-        why = f"serving v{served}, {alias} is v{champion}" if served != champion else f"serving is {status.condition}"
-        target = resolve_target(ctx.registry, name, alias, s.bentoml_home, champion)
-        result = deploy_bento(target.bento.tag, s.serving, s.home, s.bentoml_home, s.inference_log_url)
-        detail = f"{why}: deployed v{champion} ({target.bento.tag}) in {result.ready_s + result.switch_s:.1f} s"
+        why = f"serving v{served}, {alias} is v{champion}" if served != champion else f"serving is {serving.condition}"
+        deployed = deploy_version(s, ctx.registry, champion)
+        detail = f"{why}: {deployed.detail} ({deployed.seconds:.1f} s)"
         log.info(detail)
         return SyncResult(
             champion=champion,
             served_before=served,
-            served_now=result.state.backend.model_version,
+            served_now=deployed.model_version,
             manual_move_recorded=recorded,
             deployed=True,
             detail=detail,

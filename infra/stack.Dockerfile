@@ -18,6 +18,18 @@ ENV PYTHONUNBUFFERED=1 \
 
 RUN pip install --no-cache-dir "uv==0.13.9"
 
+# kubectl, for serving.remote.deploy_command in the flow-run Jobs (`kubectl set image` + `kubectl rollout status`
+# on the serving Deployment, as the service account of infra/k8s/flows-rbac.yaml). Checked against its published
+# sha256. TARGETARCH is set by BuildKit (docker build / buildx).
+ARG KUBECTL_VERSION=v1.33.4
+ARG TARGETARCH=amd64
+RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates \
+    && curl -fsSLo /usr/local/bin/kubectl "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/${TARGETARCH}/kubectl" \
+    && echo "$(curl -fsSL "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/${TARGETARCH}/kubectl.sha256")  /usr/local/bin/kubectl" \
+       | sha256sum -c - \
+    && chmod 0755 /usr/local/bin/kubectl \
+    && apt-get purge -y curl && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/slipway
 # Dependencies first (a layer that changes only with the lock), without the dev, bench and infra groups.
 COPY pyproject.toml uv.lock README.md ./

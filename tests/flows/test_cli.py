@@ -40,3 +40,19 @@ def test_config_show_and_schema(home: Path) -> None:
 def test_release_needs_a_model(home: Path) -> None:
     result = runner.invoke(app, ["release"])
     assert result.exit_code == 2 and "--run-id or --model-uri" in result.output
+
+
+def test_remote_serving_status_reads_the_url_and_stop_refuses(home: Path, tmp_path: Path) -> None:
+    # Given serving run elsewhere and not answering, status says unreachable (exit 1) naming the URL, and stop
+    # refuses with exit 2 instead of touching anything local.
+    overlay = tmp_path / "remote.yaml"
+    overlay.write_text(
+        "serving:\n  target: remote\n  remote:\n    url: http://127.0.0.1:9\n    deploy_command: [kubectl, version]\n"
+    )
+    status = runner.invoke(app, ["status", "--json", "--config", str(overlay)])
+    assert status.exit_code == 1, status.output
+    assert '"condition": "unreachable"' in status.output and '"target": "remote"' in status.output
+    assert "127.0.0.1:9" in status.output
+    stop = runner.invoke(app, ["stop", "--config", str(overlay)])
+    assert stop.exit_code == 2
+    assert "serving.target is remote" in stop.output

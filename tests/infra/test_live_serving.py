@@ -17,8 +17,6 @@ installable here).
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,10 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tests.infra.assets import (
-    PROMETHEUS,
     exposed_series,
     legend_label_names,
     panel_queries,
@@ -39,13 +35,13 @@ from tests.infra.assets import (
     selected_metrics,
     serving_container,
 )
+from tests.prometheus import instant, running_prometheus
 from tests.serving.test_bento import (  # noqa: F401
     BuiltBento,
     ExampleModel,
     RunningServer,
     built_bento,
     example_model,
-    free_port,
     start_server,
     stop_server,
 )
@@ -145,56 +141,8 @@ def test_every_metric_and_label_the_dashboard_uses_is_exported(served: RunningSe
 def prometheus(served: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's Prometheus with infra/prometheus/prometheus.yml, the serving target moved to the test server and
     the intervals shortened; stopped afterwards."""
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus not found: `make install` installs Debian's prometheus package"
-    folder = tmp_path_factory.mktemp("prometheus")
-    config = yaml.safe_load(PROMETHEUS.read_text())
-    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
-    job = next(j for j in config["scrape_configs"] if j["job_name"] == "slipway-serving")
-    job["static_configs"][0]["targets"] = [served.url.removeprefix("http://")]
-    config["scrape_configs"] = [job]
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (folder / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (folder / "prometheus.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus not ready after 60 s"
-            time.sleep(0.3)
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), [served.url.removeprefix("http://")]) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-
-
-def instant(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10.0)
-    payload = response.json()
-    assert payload["status"] == "success", f"{expr}: {payload}"
-    return payload["data"]["result"]
 
 
 def test_prometheus_scrapes_the_service_and_every_dashboard_query_has_values(

@@ -121,3 +121,41 @@ def test_flow_runs_get_slipways_image_config_secret_by_reference_and_the_shared_
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert (mount["mountPath"], volume["persistentVolumeClaim"]["claimName"]) == ("/var/lib/slipway", "slipway-home")
     assert manifest["metadata"]["namespace"] == "slipway"
+
+
+def test_flow_runs_drive_the_serving_deployment_through_the_remote_target():
+    # The env the Jobs get is a valid slipway config with remote serving, and what it names exists: the Service
+    # URL, the Deployment and its container, the image repository, the service account the Role is bound to.
+    import shlex
+
+    from configs import load_config
+    from tasks.remote import RemoteTarget, render_command
+    from tests.infra.assets import k8s_object
+
+    manifest = render({})
+    pod = manifest["spec"]["template"]["spec"]
+    env = {item["name"]: item["value"] for item in pod["containers"][0]["env"]}
+    serving = load_config(environ=env).settings.serving
+    assert serving.target == "remote" and serving.remote is not None
+    remote = serving.remote
+    service, deployment = k8s_object("Service"), k8s_object("Deployment")
+    namespace = manifest["metadata"]["namespace"]
+    assert remote.url == f"http://{service['metadata']['name']}.{namespace}.svc.cluster.local:3000"
+    target = RemoteTarget(
+        model_name="m", model_version="3", bento_tag="breast-cancer-classifier:v3-abc", model_tag=None, reason=""
+    )
+    argv = render_command(remote.deploy_command, target.values(remote.image))
+    assert argv[:2] == ["sh", "-c"]
+    words = shlex.split(argv[2])
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    image_repo = container["image"].rsplit(":", 1)[0]
+    assert f"deployment/{deployment['metadata']['name']}" in words
+    assert f"{container['name']}={image_repo}:v3-abc" in words
+    assert words.count(namespace) == 2 and "rollout" in words
+    assert pod["serviceAccountName"] == "slipway-flows"
+    binding = k8s_object("RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slipway-flows"}]
+    role = k8s_object("Role")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    patch = next(rule for rule in role["rules"] if "patch" in rule["verbs"])
+    assert patch["resources"] == ["deployments"] and patch["resourceNames"] == [deployment["metadata"]["name"]]

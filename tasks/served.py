@@ -1,0 +1,127 @@
+"""One view of serving and one way to move it, whichever serving.target is configured.
+
+local: the HAProxy front and `bentoml serve` backend that `slipway deploy` runs on this machine (tasks.deploy).
+remote: a service run elsewhere, read at serving.remote.url and redeployed by its command (tasks.remote).
+sync and the monitor only talk to this module, so a promotion in the MLflow UI reaches either kind of serving.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from configs.settings import Settings
+from tasks.deploy import TAG_BENTO, bento_info, deploy_bento, resolve_target, serving_status
+from tasks.errors import ServingError
+from tasks.remote import remote_target, remote_view, roll_out
+from tasks.resources import Registry
+from tasks.types import Result
+
+ServedCondition = Literal["serving", "degraded", "unreachable", "stopped"]
+
+
+class Served(Result):
+    """What serves now. `url` is where to probe and scrape; `model_dir` is the served model in this machine's
+    BentoML store when it is there (the monitor's reference predictions need it)."""
+
+    target: Literal["local", "remote"]
+    condition: ServedCondition
+    url: str | None
+    model_version: str | None
+    model_dir: Path | None
+    detail: str
+
+    @property
+    def answering(self) -> bool:
+        return self.condition in ("serving", "degraded") and self.url is not None
+
+
+class Deployed(Result):
+    model_version: str
+    bento_tag: str
+    url: str
+    seconds: float
+    detail: str
+
+
+def api_key(settings: Settings) -> str | None:
+    keys = settings.serving.api_keys
+    return keys[0].get_secret_value() if keys else None
+
+
+def _model_dir(settings: Settings, registry: Registry, version: str | None) -> Path | None:
+    """The version's model in the local BentoML store, found through the Bento its release recorded."""
+    if version is None:
+        return None
+    bento_tag = registry.version_tags(settings.model.name, version).get(TAG_BENTO)
+    if not bento_tag:
+        return None
+    try:
+        info = bento_info(settings.bentoml_home, bento_tag)
+    except ServingError:
+        return None
+    return settings.bentoml_home / "models" / info.model_tag.replace(":", "/")
+
+
+def current(settings: Settings, registry: Registry) -> Served:
+    """What is serving, as the configured target sees it; never raises for serving that is down."""
+    if settings.serving.target == "remote":
+        assert settings.serving.remote is not None  # the settings validator guarantees it
+        view = remote_view(settings.serving.remote, settings.model.name, api_key(settings))
+        condition: ServedCondition = {"serving": "serving", "unhealthy": "degraded"}.get(  # type: ignore[assignment]
+            view.condition, "unreachable"
+        )
+        return Served(
+            target="remote",
+            condition=condition,
+            url=view.url if view.condition != "unreachable" else None,
+            model_version=view.model_version,
+            model_dir=_model_dir(settings, registry, view.model_version),
+            detail=view.detail,
+        )
+    status = serving_status(settings.home)
+    if status.state is None or status.condition == "stale":
+        return Served(
+            target="local", condition="stopped", url=None, model_version=None, model_dir=None, detail=status.detail
+        )
+    backend = status.state.backend
+    return Served(
+        target="local",
+        condition="serving" if status.condition == "serving" else "degraded",
+        url=status.state.front.probe_url,
+        model_version=backend.model_version,
+        model_dir=settings.bentoml_home / "models" / backend.model_tag.replace(":", "/"),
+        detail=status.detail,
+    )
+
+
+def deploy_version(settings: Settings, registry: Registry, version: str | None) -> Deployed:
+    """Serve `version` (default: the champion) on the configured target and wait until it answers."""
+    name, alias = settings.model.name, settings.promotion.champion_alias
+    if settings.serving.target == "remote":
+        remote = settings.serving.remote
+        assert remote is not None
+        target = remote_target(registry, name, alias, version)
+        rollout = roll_out(remote, target, api_key(settings))
+        took = rollout.command_s + rollout.settle_s
+        return Deployed(
+            model_version=target.model_version,
+            bento_tag=target.bento_tag,
+            url=remote.url,
+            seconds=took,
+            detail=f"{remote.url} serves v{target.model_version} ({target.bento_tag}): `{rollout.argv[0]}` "
+            f"took {rollout.command_s:.1f} s, {remote.settle_scrapes} scrapes agreed {rollout.settle_s:.1f} s later",
+        )
+    start = time.monotonic()
+    local = resolve_target(registry, name, alias, settings.bentoml_home, version)
+    result = deploy_bento(
+        local.bento.tag, settings.serving, settings.home, settings.bentoml_home, settings.inference_log_url
+    )
+    return Deployed(
+        model_version=result.state.backend.model_version,
+        bento_tag=local.bento.tag,
+        url=result.url,
+        seconds=time.monotonic() - start,
+        detail=f"serving v{result.state.backend.model_version} ({local.bento.tag}) at {result.url}",
+    )
