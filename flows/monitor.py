@@ -21,6 +21,7 @@ from tasks.monitor import (
     DriftMethods,
     DriftRun,
     GuardState,
+    InferenceLogLoss,
     LatencySummary,
     MonitorPolicy,
     MonitorVerdict,
@@ -33,7 +34,7 @@ from tasks.monitor import (
     settle_retrain,
 )
 from tasks.registry import read_history
-from tasks.remote import prometheus_histogram
+from tasks.remote import prometheus_histogram, prometheus_log_loss
 from tasks.served import Served, api_key, current, deploy_version
 from tasks.types import Check, ReleaseSummary
 from tasks.validate import load_suite, validate_data
@@ -86,8 +87,7 @@ def monitor_flow(
 
     serving = current(s, ctx.registry)
     version = serving.model_version
-    latency, scrape = _latency(ctx, serving, now - timedelta(minutes=window_minutes or m.window_minutes))
-    log_loss = inference_log_loss(scrape) if scrape is not None else None
+    latency, log_loss = _latency(ctx, serving, now - timedelta(minutes=window_minutes or m.window_minutes))
 
     since = since or now - timedelta(minutes=window_minutes or m.window_minutes)
     window = observe.read_live_window(s.inference_log_url, since, now, version)
@@ -150,9 +150,12 @@ def monitor_flow(
     return verdict
 
 
-def _latency(ctx: FlowContext, serving: Served, since: datetime) -> tuple[LatencySummary | None, str | None]:
-    """/predict latency since the last run's scrape, and the last /metrics text; (None, None) when serving does
-    not answer. Remote serving with a Prometheus: latency over the window summed over every pod it scrapes."""
+def _latency(
+    ctx: FlowContext, serving: Served, since: datetime
+) -> tuple[LatencySummary | None, InferenceLogLoss | None]:
+    """/predict latency since the last run's scrape, and the inference log's counters; (None, None) when serving
+    does not answer. Remote serving with a Prometheus: both summed over every pod it scrapes, latency over the
+    window."""
     s = ctx.settings
     if not serving.answering or serving.url is None:
         return None, None
@@ -164,7 +167,7 @@ def _latency(ctx: FlowContext, serving: Served, since: datetime) -> tuple[Latenc
     if remote is not None and remote.prometheus_url:
         window_s = (observe.now_utc() - since).total_seconds()
         histogram = prometheus_histogram(remote.prometheus_url, window_s, remote.prometheus_selector)
-        return latency_summary(histogram), text
+        return latency_summary(histogram), prometheus_log_loss(remote.prometheus_url, remote.prometheus_selector)
     before = observe.load_last_scrape(s.monitor_dir)
     histogram = observe.histogram_of(text)
     window = histogram.minus(before) if before is not None else histogram
@@ -177,7 +180,7 @@ def _latency(ctx: FlowContext, serving: Served, since: datetime) -> tuple[Latenc
         histogram = observe.histogram_of(text)
         window = histogram.minus(before) if before is not None else histogram
     observe.save_scrape(s.monitor_dir, histogram)
-    return latency_summary(window), text
+    return latency_summary(window), inference_log_loss(text)
 
 
 def _drift(

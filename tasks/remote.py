@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from configs.settings import RemoteServingSettings
 from tasks.deploy import TAG_BENTO, TAG_BENTO_MODEL
 from tasks.errors import RegistryError, ServingError
-from tasks.monitor import DEFAULT_METRICS_NAMESPACE, RequestHistogram
+from tasks.monitor import DEFAULT_METRICS_NAMESPACE, InferenceLogLoss, RequestHistogram
 from tasks.package import split_tag
 from tasks.resources import Registry
 from tasks.types import Result
@@ -261,4 +261,28 @@ def prometheus_histogram(
         count=_value(count[0]) if count else 0.0,
         errors=_value(errors[0]) if errors else 0.0,
         sum_seconds=_value(seconds[0]) if seconds else 0.0,
+    )
+
+
+@task(name="prometheus-log-loss", cache_policy=NO_CACHE)
+def prometheus_log_loss(prometheus_url: str, selector: str = "", timeout_s: float = 10.0) -> InferenceLogLoss | None:
+    """The inference-log counters summed over every pod Prometheus scrapes (each since its pod started); None
+    when no pod exports them (serving logs nothing)."""
+    matchers = f"{{{selector.strip().strip(',')}}}" if selector.strip() else ""
+    with httpx.Client(base_url=prometheus_url.rstrip("/"), timeout=timeout_s) as client:
+        written = _prom_query(client, f"sum(slipway_inference_log_rows_written_total{matchers})")
+        dropped = _prom_query(client, f"sum by (reason) (slipway_inference_log_rows_dropped_total{matchers})")
+        queued = _prom_query(client, f"sum(slipway_inference_log_queue_rows{matchers})")
+    if not written and not dropped:
+        return None
+    by_reason: dict[str, int] = {}
+    for series in dropped:
+        metric = series.get("metric")
+        reason = metric.get("reason", "unknown") if isinstance(metric, dict) else "unknown"
+        by_reason[str(reason)] = round(_value(series))
+    return InferenceLogLoss(
+        rows_written=round(_value(written[0])) if written else 0,
+        rows_dropped=sum(by_reason.values()),
+        dropped_by_reason=by_reason,
+        queue_rows=round(_value(queued[0])) if queued else 0,
     )

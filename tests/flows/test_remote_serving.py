@@ -170,6 +170,9 @@ def test_a_promotion_in_the_mlflow_ui_reaches_remote_serving(home: Path, platfor
     # an hour's window: under 1%); one pod alone saw at most 31, so 48 or more is the sum over both.
     assert 48 <= verdict.latency.requests <= 70, verdict.latency
     assert verdict.latency.errors == 0
+    # The inference-log counters come from Prometheus too: the platform's pod logged its 33 requests, none lost.
+    assert verdict.inference_log is not None and verdict.inference_log.rows_dropped == 0
+    assert verdict.inference_log.rows_written >= 31, verdict.inference_log
     assert verdict.status == "insufficient_data" and verdict.action == "none", verdict.reason
 
 
