@@ -7,7 +7,8 @@ without touching the model code, and so they can be tested in-process.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +113,17 @@ class Predictor:
 
 
 def request_id_from(header: str | None) -> str:
-    """The caller's X-Request-ID when it is a sane token, else a fresh one."""
+    """The caller's X-Request-ID when it is a sane token, else a fresh one (new_request_id)."""
     if header and _REQUEST_ID.match(header):
         return header
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 hex digits: the time in nanoseconds, then 64 random bits. Unique like a UUID4, but in time order, so
+    the inference log's request_id index grows at its right edge instead of at a random page per request (a
+    random key there cost the log's writer about a third of its time per row)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(8)}"
 
 
 def predict_response(

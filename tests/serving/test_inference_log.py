@@ -266,9 +266,9 @@ def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Pat
     for fast in (True, False):
         url = sqlite_url(tmp_path / f"fast-{fast}.db")
         log = InferenceLog(url, registry=metrics)
-        assert log._raw_insert is not None  # SQLite takes the fast path by default
+        assert log._sqlite  # SQLite takes the fast path (one multi-row INSERT per batch) by default
         if not fast:
-            log._raw_insert = None  # SQLAlchemy's executemany with the table's types, as for PostgreSQL
+            log._sqlite = False  # SQLAlchemy's executemany with the table's types, as for PostgreSQL
         with log:
             for entry in entries:
                 if isinstance(entry, LoggedRequest):
@@ -694,3 +694,22 @@ def test_a_log_of_the_old_layout_is_named_not_misread(tmp_path: Path, metrics: C
         log.record(request_rows("r", 3))
     assert (log.rows_written, log.rows_dropped_write_failed) == (0, 3)
     assert log.last_error is not None and "older slipway" in log.last_error
+
+
+def test_a_batch_larger_than_one_sqlite_statement_is_written_whole(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a batch of more requests than one multi-row INSERT may carry (SQLite's variable limit), then it is
+    written in several statements of one transaction, every request once."""
+    from serving.inference_log import _SQLITE_ROWS_PER_INSERT
+
+    url, table = sqlite_store
+    requests = _SQLITE_ROWS_PER_INSERT + 250
+    log = InferenceLog(url, table=table, batch_rows=requests, max_queue_rows=requests, registry=metrics)
+    for i in range(requests):  # not started: one batch when close() drains
+        log.record(request_rows(f"r{i}", 1))
+    log.close(timeout_s=60)
+    assert (log.rows_written, log.rows_dropped, count_rows(url, table)) == (requests, 0, requests)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+        ids = [r for (r,) in connection.execute(f"SELECT request_id FROM {table} ORDER BY id")]
+    assert ids == [f"r{i}" for i in range(requests)]
