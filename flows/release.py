@@ -103,9 +103,10 @@ def release(
             registry.move_aliases(reg, name, targets, "release", actor(), decision.reason)
         log.info("promotion: %s", decision.reason)
         if decision.move_champion and s.serving.deploy_on_release:
-            from flows.deploy import deploy
+            from flows.deploy import deploy, deploy_remote
 
-            deploy(version=version.version, env=env, config_file=config_file)
+            serve = deploy_remote if s.serving.target == "remote" else deploy
+            serve(version=version.version, env=env, config_file=config_file)
 
     return ReleaseSummary(
         model_name=name,
