@@ -237,11 +237,18 @@ def bento_info(bentoml_home: Path, bento_tag: str) -> BentoInfo:
     )
 
 
-@task(name="resolve-deploy-target", cache_policy=NO_CACHE)
-def resolve_target(
-    registry: Registry, model_name: str, champion_alias: str, bentoml_home: Path, version: str | None = None
-) -> DeployTarget:
-    """The Bento of `version`, or of the champion when no version is given, checked against the store."""
+class ReleasedBento(Result):
+    """A released version, the Bento its release recorded, why it was chosen, and its version tags."""
+
+    version: str
+    bento_tag: str
+    reason: str
+    tags: dict[str, str]
+
+
+def released_bento(registry: Registry, model_name: str, champion_alias: str, version: str | None) -> ReleasedBento:
+    """`version`, or the champion's when none is given, with the Bento tag its release recorded; RegistryError
+    when there is no champion, ServingError when the version was never released."""
     if version is None:
         version = registry.aliases(model_name).get(champion_alias)
         if version is None:
@@ -259,10 +266,20 @@ def resolve_target(
             f"{model_name} v{version} has no Bento: its version tag {TAG_BENTO} is missing "
             f"(status: {tags.get('slipway.status', 'unknown')}); only a released version can be deployed"
         )
-    bento = bento_info(bentoml_home, bento_tag)
+    return ReleasedBento(version=str(version), bento_tag=bento_tag, reason=reason, tags=dict(tags))
+
+
+@task(name="resolve-deploy-target", cache_policy=NO_CACHE)
+def resolve_target(
+    registry: Registry, model_name: str, champion_alias: str, bentoml_home: Path, version: str | None = None
+) -> DeployTarget:
+    """The Bento of `version`, or of the champion when no version is given, checked against the store."""
+    released = released_bento(registry, model_name, champion_alias, version)
+    version, tags, reason = released.version, released.tags, released.reason
+    bento = bento_info(bentoml_home, released.bento_tag)
     if bento.model_version != str(version):
         raise ServingError(
-            f"{model_name} v{version} names Bento {bento_tag}, but that Bento serves model version "
+            f"{model_name} v{version} names Bento {released.bento_tag}, but that Bento serves model version "
             f"{bento.model_version} ({bento.model_tag}); fix the {TAG_BENTO} tag or release v{version} again"
         )
     check_release_hash(bentoml_home, bento, tags, f"{model_name} v{version}")

@@ -20,8 +20,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import RemoteServingSettings
-from tasks.deploy import TAG_BENTO, TAG_BENTO_MODEL
-from tasks.errors import RegistryError, ServingError
+from tasks.deploy import TAG_BENTO_MODEL, released_bento
+from tasks.errors import ServingError
 from tasks.monitor import DEFAULT_METRICS_NAMESPACE, InferenceLogLoss, RequestHistogram
 from tasks.package import split_tag
 from tasks.resources import Registry
@@ -117,26 +117,13 @@ def remote_view(
 def remote_target(registry: Registry, model_name: str, champion_alias: str, version: str | None) -> RemoteTarget:
     """The Bento the release recorded for `version` (default: the champion). Unlike a local deploy, the Bento
     need not be in this machine's store: the platform serves the image built of it."""
-    if version is None:
-        version = registry.aliases(model_name).get(champion_alias)
-        if version is None:
-            raise RegistryError(f"{model_name} has no {champion_alias} to deploy: give a VERSION or release one")
-        reason = f"the {champion_alias} alias points at v{version}"
-    else:
-        reason = f"v{version} was asked for"
-    tags = registry.version_tags(model_name, version)
-    bento_tag = tags.get(TAG_BENTO)
-    if not bento_tag:
-        raise ServingError(
-            f"{model_name} v{version} has no Bento: its version tag {TAG_BENTO} is missing "
-            f"(status: {tags.get('slipway.status', 'unknown')}); only a released version can be deployed"
-        )
+    released = released_bento(registry, model_name, champion_alias, version)
     return RemoteTarget(
         model_name=model_name,
-        model_version=str(version),
-        bento_tag=bento_tag,
-        model_tag=tags.get(TAG_BENTO_MODEL),
-        reason=reason,
+        model_version=released.version,
+        bento_tag=released.bento_tag,
+        model_tag=released.tags.get(TAG_BENTO_MODEL),
+        reason=released.reason,
     )
 
 

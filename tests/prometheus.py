@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,14 +13,10 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.ports import free_port
+
 PROMETHEUS_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "prometheus" / "prometheus.yml"
 SERVING_JOB = "slipway-serving"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -37,7 +32,7 @@ def running_prometheus(folder: Path, targets: list[str], interval: str = "1s") -
     config["scrape_configs"] = [job]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log_path = folder / "prometheus.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

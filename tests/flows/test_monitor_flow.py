@@ -15,7 +15,6 @@ state, promotion history), and training and deploying are the slow parts:
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,16 +27,11 @@ from tasks.deploy import serving_status, stop_serving
 from tasks.observe import read_verdicts
 from tasks.registry import read_history
 from tasks.resources import Registry
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 MODEL = "breast-cancer-classifier"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

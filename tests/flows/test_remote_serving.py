@@ -28,8 +28,9 @@ from tasks.deploy import serving_status, stop_serving
 from tasks.errors import ServingError
 from tasks.registry import read_history
 from tasks.resources import Registry
+from tests.ports import free_port
 from tests.prometheus import instant, running_prometheus
-from tests.serving.test_bento import free_port, serve_command, serve_env, stop_server, wait_ready
+from tests.serving.test_bento import serve_command, serve_env, stop_server, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(600)]
 

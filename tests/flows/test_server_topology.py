@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from configs import load_config
 from flows.cli import app
 from tasks import stack
-from tests.flows.test_stack import free_port, gone
+from tests.flows.test_stack import gone
+from tests.ports import free_port
 from tests.postgres import POSTGRES_URL, admin_connection
 
 runner = CliRunner()

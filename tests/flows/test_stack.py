@@ -19,14 +19,9 @@ from flows.cli import app
 from flows.serve import deployment_specs, to_deployments
 from tasks import stack
 from tasks.stack import StackError
+from tests.ports import free_port
 
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def gone(pid: int) -> bool:

@@ -31,8 +31,8 @@ from sqlalchemy.engine import make_url
 
 from tests.infra.assets import PG_INIT, compose, panel_queries, sql_for_postgres
 from tests.infra.test_compose import filled_env
+from tests.ports import free_port
 from tests.postgres import POSTGRES_URL, admin_connection
-from tests.serving.test_bento import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(300)]
 

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,17 +27,12 @@ import pandas as pd
 import pytest
 
 from tests.flows.test_monitor_flow import serving_url
+from tests.ports import free_port
 from tests.reliability.conftest import Figures
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_harness")]
 
 MODEL = "breast-cancer-classifier"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.ports import free_port
 from tests.reliability.conftest import Figures
-from tests.reliability.test_loop_faults import _postgres, free_port
+from tests.reliability.test_loop_faults import _postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

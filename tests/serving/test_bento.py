@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import yaml
 from serving.features import feeds_from_columns
 from serving.spec import MODEL_FILE, SPEC_FILE, ServingSpec, file_sha256
 from tasks.types import BentoRef, FeatureSpec, ModelSchema
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -147,13 +147,6 @@ def built_bento(example_model: ExampleModel, tmp_path_factory: pytest.TempPathFa
     started = time.perf_counter()
     ref = build_bento.fn(tag, "breast-cancer", home)
     return BuiltBento(ref=ref, home=home, build_seconds=time.perf_counter() - started)
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_command(bento_tag: str, port: int) -> list[str]:
