@@ -238,7 +238,8 @@ def deploy_cmd(
 ) -> None:
     """Serve the champion's Bento (or VERSION's) on serving.host:serving.port behind HAProxy and wait until it is
     ready. A server already running is replaced without failing a request; if the new one cannot start, the old
-    one keeps serving."""
+    one keeps serving. With serving.target remote: run serving.remote.deploy_command for that version and wait
+    until serving.remote.url reports it."""
     loaded = _load(env, config)
     s = loaded.settings
     console.rule(f"[bold]slipway deploy[/] {s.model.name} {'v' + version if version else s.promotion.champion_alias}")
