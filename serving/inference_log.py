@@ -303,11 +303,6 @@ def create_log_engine(url: str | URL, *, writer: bool) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         connect_args["timeout"] = _SQLITE_BUSY_TIMEOUT_S
-        if writer:
-            # No statement cache: a cached statement keeps its last bound values, and each batch size is its own
-            # multi-row INSERT, so the cache held up to 128 batches of JSON (+377 MiB over 40 batch sizes of
-            # 100-row requests, measured). Preparing one INSERT per batch costs well under a millisecond.
-            connect_args["cached_statements"] = 0
     elif (
         backend == "postgresql"
         and parsed.get_driver_name() in ("psycopg2", "psycopg")
@@ -473,9 +468,25 @@ def _json_insert(table: Table, dialect: str) -> Any:
     return table.insert().values(values)
 
 
-# Requests per multi-row INSERT on SQLite: 9 parameters each, so 3,600 stay under SQLite's 32,766 variables
-# (3.32 and newer); a batch (batch_rows, 500 by default) is normally one statement.
-_SQLITE_ROWS_PER_INSERT = 3_600
+# The largest multi-row INSERT on SQLite, in requests (9 parameters each: 2,304, under the 32,766 variables of
+# SQLite 3.32 and newer). A batch is cut into statements of power-of-two sizes up to this (500 = 256 + 128 + 64
+# + 32 + 16 + 4), so the connection's statement cache holds at most 9 of them. A statement per batch size would
+# not do: a cached statement keeps its last bound values, so the cache held up to 128 batches of JSON (+377 MiB
+# over 40 batch sizes of 100-row requests, measured), and preparing each batch's statement afresh doubled the
+# writer's CPU per request.
+_SQLITE_ROWS_PER_INSERT = 256
+
+
+def _power_of_two_chunks(count: int) -> list[tuple[int, int]]:
+    """(start, size) of consecutive chunks covering `count` items, each a power of two <= _SQLITE_ROWS_PER_INSERT,
+    largest first."""
+    chunks: list[tuple[int, int]] = []
+    start = 0
+    while start < count:
+        size = min(_SQLITE_ROWS_PER_INSERT, 1 << ((count - start).bit_length() - 1))
+        chunks.append((start, size))
+        start += size
+    return chunks
 
 
 def _raw_insert_sql(table: Table, engine: Engine, rows: int) -> str:
@@ -539,7 +550,7 @@ class InferenceLog:
         dialect = self._engine.dialect
         self._insert = _json_insert(self.table, dialect.name)
         self._sqlite = dialect.name == "sqlite"
-        self._raw_inserts: dict[int, str] = {}  # multi-row INSERT text by row count (a batch's size varies)
+        self._raw_inserts: dict[int, str] = {}  # multi-row INSERT text by its row count
         self._ts_processor = self.table.c.ts.type.dialect_impl(dialect).bind_processor(dialect)
         self._metrics = _metrics_for(registry)
         self.rows_recorded = 0
@@ -834,10 +845,10 @@ class InferenceLog:
                 self._ensure_table()
                 with self._engine.begin() as connection:
                     if self._sqlite:
-                        for start in range(0, len(entries), _SQLITE_ROWS_PER_INSERT):
-                            chunk = entries[start : start + _SQLITE_ROWS_PER_INSERT]
+                        for start, size in _power_of_two_chunks(len(entries)):
+                            chunk = entries[start : start + size]
                             connection.exec_driver_sql(
-                                self._sqlite_insert(len(chunk)), tuple(_sqlite_params(chunk, self._ts_processor))
+                                self._sqlite_insert(size), tuple(_sqlite_params(chunk, self._ts_processor))
                             )
                     else:
                         if params is None:
@@ -863,9 +874,7 @@ class InferenceLog:
 
     def _sqlite_insert(self, rows: int) -> str:
         text = self._raw_inserts.get(rows)
-        if text is None:
-            if len(self._raw_inserts) > 64:  # sizes vary with load; keep the cache (and sqlite3's) small
-                self._raw_inserts.clear()
+        if text is None:  # at most 9 sizes: _power_of_two_chunks
             text = self._raw_inserts[rows] = _raw_insert_sql(self.table, self._engine, rows)
         return text
 

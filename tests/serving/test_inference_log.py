@@ -717,8 +717,8 @@ def test_a_batch_larger_than_one_sqlite_statement_is_written_whole(
 
 def test_the_writer_does_not_keep_written_batches_in_memory(tmp_path: Path, metrics: CollectorRegistry) -> None:
     """Given batches of 40 different sizes of 100-row requests (~26 KB of JSON each), then the writer's memory
-    stays flat: SQLite keeps a statement's last bound values, so a statement cache would hold one batch per size
-    (it grew the process by ~377 MiB here before the cache was turned off)."""
+    stays flat: SQLite keeps a cached statement's last bound values, so a statement per batch size held one
+    batch per size (the process grew by ~377 MiB here); power-of-two chunks keep it to 9 statements."""
     url = sqlite_url(tmp_path / "memory.db")
     log = InferenceLog(url, registry=metrics)
     request = LoggedRequest(
@@ -743,3 +743,15 @@ def test_the_writer_does_not_keep_written_batches_in_memory(tmp_path: Path, metr
         assert log._write([entry] * size, size * 100)
     grown = rss_mib() - before
     assert grown < 100, f"the writer kept {grown:.0f} MiB after 40 batches"
+
+
+def test_batches_are_cut_into_at_most_nine_statement_sizes() -> None:
+    from serving.inference_log import _SQLITE_ROWS_PER_INSERT, _power_of_two_chunks
+
+    sizes: set[int] = set()
+    for count in range(0, 2_000):
+        chunks = _power_of_two_chunks(count)
+        assert [start for start, _ in chunks] == [sum(s for _, s in chunks[:i]) for i in range(len(chunks))]
+        assert sum(size for _, size in chunks) == count
+        sizes.update(size for _, size in chunks)
+    assert sizes == {1 << i for i in range(9)} and max(sizes) == _SQLITE_ROWS_PER_INSERT
