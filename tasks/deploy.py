@@ -54,7 +54,7 @@ from configs.settings import ServingSettings
 from serving.spec import MODEL_FILE, ModelIntegrityError, read_spec, verify_model_file
 from tasks.errors import BackendNotReady, FrontUnavailable, RegistryError, ServingError
 from tasks.locks import file_lock
-from tasks.package import split_tag
+from tasks.package import split_tag, stored_model_dir
 from tasks.resources import Registry
 from tasks.types import Result
 
@@ -227,9 +227,9 @@ def bento_info(bentoml_home: Path, bento_tag: str) -> BentoInfo:
     model_tag = (info.get("args") or {}).get("model_tag")
     if not model_tag:
         raise ServingError(f"Bento {name}:{version} was not built by slipway: {manifest} has no model_tag argument")
-    model_name, model_version = split_tag(str(model_tag))
+    folder = stored_model_dir(bentoml_home, str(model_tag))
     try:
-        spec = read_spec(bentoml_home / "models" / model_name / model_version)
+        spec = read_spec(folder)
     except (ModelIntegrityError, ValueError) as exc:
         raise ServingError(f"Bento {name}:{version} serves model {model_tag}, which is not usable: {exc}") from None
     return BentoInfo(
@@ -301,8 +301,7 @@ def check_release_hash(bentoml_home: Path, bento: BentoInfo, tags: dict[str, str
             f"{what} has no recorded ONNX hash (version tag {TAG_ONNX_SHA256}), so its Bento cannot be checked "
             "against the release; release it again"
         )
-    model_name, model_version = split_tag(bento.model_tag)
-    model_dir = bentoml_home / "models" / model_name / model_version
+    model_dir = stored_model_dir(bentoml_home, bento.model_tag)
     try:
         spec = read_spec(model_dir)
         verify_model_file(model_dir, spec)

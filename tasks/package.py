@@ -125,13 +125,14 @@ def _run_child(args: list[str], env: dict[str, str], what: str, cwd: Path | None
     return done.stdout
 
 
-def _model_dir(bentoml_home: Path, tag: str) -> Path:
+def stored_model_dir(bentoml_home: Path, tag: str) -> Path:
+    """The folder of BentoML model `name:version` in the store at `bentoml_home`."""
     name, version = split_tag(tag)
     return bentoml_home / "models" / name / version
 
 
 def _stored_spec(bentoml_home: Path, tag: str) -> ServingSpec | None:
-    path = _model_dir(bentoml_home, tag) / SPEC_FILE
+    path = stored_model_dir(bentoml_home, tag) / SPEC_FILE
     return ServingSpec.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -182,7 +183,7 @@ def save_bento_model(
     _run_child(
         ["-c", _SAVE_MODEL_SCRIPT, json.dumps(request)], bentoml_env(bentoml_home), f"saving BentoML model {tag}"
     )
-    stored = _model_dir(bentoml_home, tag) / MODEL_FILE
+    stored = stored_model_dir(bentoml_home, tag) / MODEL_FILE
     if not stored.is_file() or file_sha256(stored) != sha256:
         raise InvalidModelArtifact(f"{stored} does not match {onnx_path} (sha256 {sha256}) after saving")
     return tag

@@ -14,6 +14,7 @@ from typing import Literal
 from configs.settings import Settings
 from tasks.deploy import TAG_BENTO, bento_info, deploy_bento, resolve_target, serving_status
 from tasks.errors import ServingError
+from tasks.package import stored_model_dir
 from tasks.remote import remote_target, remote_view, roll_out
 from tasks.resources import Registry
 from tasks.types import Result
@@ -61,7 +62,7 @@ def _model_dir(settings: Settings, registry: Registry, version: str | None) -> P
         info = bento_info(settings.bentoml_home, bento_tag)
     except ServingError:
         return None
-    return settings.bentoml_home / "models" / info.model_tag.replace(":", "/")
+    return stored_model_dir(settings.bentoml_home, info.model_tag)
 
 
 def current(settings: Settings, registry: Registry) -> Served:
@@ -91,7 +92,7 @@ def current(settings: Settings, registry: Registry) -> Served:
         condition="serving" if status.condition == "serving" else "degraded",
         url=status.state.front.probe_url,
         model_version=backend.model_version,
-        model_dir=settings.bentoml_home / "models" / backend.model_tag.replace(":", "/"),
+        model_dir=stored_model_dir(settings.bentoml_home, backend.model_tag),
         detail=status.detail,
     )
 
