@@ -35,7 +35,7 @@ from tasks.monitor import (
 )
 from tasks.registry import read_history
 from tasks.remote import prometheus_histogram, prometheus_log_loss
-from tasks.served import Served, api_key, current, deploy_version
+from tasks.served import Served, api_key, current, deploy_version, served_model_dir
 from tasks.types import Check, ReleaseSummary
 from tasks.validate import load_suite, validate_data
 
@@ -85,7 +85,7 @@ def monitor_flow(
     now = observe.now_utc()
     state = observe.load_state(s.monitor_dir)
 
-    serving = current(s, ctx.registry)
+    serving = current(s)
     version = serving.model_version
     latency, log_loss = _latency(ctx, serving, now - timedelta(minutes=window_minutes or m.window_minutes))
 
@@ -159,15 +159,15 @@ def _latency(
     s = ctx.settings
     if not serving.answering or serving.url is None:
         return None, None
-    base = serving.url
-    text = observe.scrape_metrics(base)
-    if text is None:
-        return None, None
     remote = s.serving.remote if s.serving.target == "remote" else None
     if remote is not None and remote.prometheus_url:
         window_s = (observe.now_utc() - since).total_seconds()
         histogram = prometheus_histogram(remote.prometheus_url, window_s, remote.prometheus_selector)
         return latency_summary(histogram), prometheus_log_loss(remote.prometheus_url, remote.prometheus_selector)
+    base = serving.url
+    text = observe.scrape_metrics(base)
+    if text is None:
+        return None, None
     before = observe.load_last_scrape(s.monitor_dir)
     histogram = observe.histogram_of(text)
     window = histogram.minus(before) if before is not None else histogram
@@ -194,8 +194,9 @@ def _drift(
     reference = reference[features].copy()
     live = window[features].copy()
     prediction_column: str | None = None
-    if serving.model_dir is not None:
-        reference[observe.PREDICTION] = observe.predictions_for(serving.model_dir, reference)
+    model_dir = served_model_dir(s, ctx.registry, serving)
+    if model_dir is not None:
+        reference[observe.PREDICTION] = observe.predictions_for(model_dir, reference)
         live[observe.PREDICTION] = window["prediction"].tolist()
         prediction_column = observe.PREDICTION
     else:

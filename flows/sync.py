@@ -41,7 +41,7 @@ def sync_flow(env: str | None = None, config_file: str | None = None) -> SyncRes
             recorded = True
             log.info("%s: %s moved outside slipway from v%s to v%s; recorded as manual", name, alias, known, champion)
 
-    serving = current(s, ctx.registry)
+    serving = current(s)
     served = serving.model_version
     if champion is None:
         detail = f"{name} has no {alias}; serving left as it is"

@@ -23,14 +23,14 @@ ServedCondition = Literal["serving", "degraded", "unreachable", "stopped"]
 
 
 class Served(Result):
-    """What serves now. `url` is where to probe and scrape; `model_dir` is the served model in this machine's
-    BentoML store when it is there (the monitor's reference predictions need it)."""
+    """What serves now. `url` is where to probe and scrape; `model_tag` is the served BentoML model when the
+    serving says which (local serving; remote serving reports only the version: served_model_dir finds it)."""
 
     target: Literal["local", "remote"]
     condition: ServedCondition
     url: str | None
     model_version: str | None
-    model_dir: Path | None
+    model_tag: str | None
     detail: str
 
     @property
@@ -51,11 +51,14 @@ def api_key(settings: Settings) -> str | None:
     return keys[0].get_secret_value() if keys else None
 
 
-def _model_dir(settings: Settings, registry: Registry, version: str | None) -> Path | None:
-    """The version's model in the local BentoML store, found through the Bento its release recorded."""
-    if version is None:
+def served_model_dir(settings: Settings, registry: Registry, served: Served) -> Path | None:
+    """The served model in this machine's BentoML store, or None when it is not there (for remote serving it is
+    found through the Bento the version's release recorded). The monitor's reference predictions need it."""
+    if served.model_tag is not None:
+        return stored_model_dir(settings.bentoml_home, served.model_tag)
+    if served.model_version is None:
         return None
-    bento_tag = registry.version_tags(settings.model.name, version).get(TAG_BENTO)
+    bento_tag = registry.version_tags(settings.model.name, served.model_version).get(TAG_BENTO)
     if not bento_tag:
         return None
     try:
@@ -65,7 +68,7 @@ def _model_dir(settings: Settings, registry: Registry, version: str | None) -> P
     return stored_model_dir(settings.bentoml_home, info.model_tag)
 
 
-def current(settings: Settings, registry: Registry) -> Served:
+def current(settings: Settings) -> Served:
     """What is serving, as the configured target sees it; never raises for serving that is down."""
     if settings.serving.target == "remote":
         assert settings.serving.remote is not None  # the settings validator guarantees it
@@ -78,13 +81,13 @@ def current(settings: Settings, registry: Registry) -> Served:
             condition=condition,
             url=view.url if view.condition != "unreachable" else None,
             model_version=view.model_version,
-            model_dir=_model_dir(settings, registry, view.model_version),
+            model_tag=None,
             detail=view.detail,
         )
     status = serving_status(settings.home)
     if status.state is None or status.condition == "stale":
         return Served(
-            target="local", condition="stopped", url=None, model_version=None, model_dir=None, detail=status.detail
+            target="local", condition="stopped", url=None, model_version=None, model_tag=None, detail=status.detail
         )
     backend = status.state.backend
     return Served(
@@ -92,7 +95,7 @@ def current(settings: Settings, registry: Registry) -> Served:
         condition="serving" if status.condition == "serving" else "degraded",
         url=status.state.front.probe_url,
         model_version=backend.model_version,
-        model_dir=stored_model_dir(settings.bentoml_home, backend.model_tag),
+        model_tag=backend.model_tag,
         detail=status.detail,
     )
 
