@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import RemoteServingSettings
-from tasks.deploy import TAG_BENTO_MODEL, released_bento
+from tasks.deploy import released_bento
 from tasks.errors import ServingError
 from tasks.monitor import DEFAULT_METRICS_NAMESPACE, InferenceLogLoss, RequestHistogram
 from tasks.package import split_tag
@@ -46,8 +46,6 @@ class RemoteTarget(Result):
     model_name: str
     model_version: str
     bento_tag: str
-    model_tag: str | None
-    reason: str
 
     def values(self, image_template: str) -> dict[str, str]:
         bento_name, bento_version = split_tag(self.bento_tag)
@@ -122,8 +120,6 @@ def remote_target(registry: Registry, model_name: str, champion_alias: str, vers
         model_name=model_name,
         model_version=released.version,
         bento_tag=released.bento_tag,
-        model_tag=released.tags.get(TAG_BENTO_MODEL),
-        reason=released.reason,
     )
 
 

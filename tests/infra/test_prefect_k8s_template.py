@@ -141,9 +141,7 @@ def test_flow_runs_drive_the_serving_deployment_through_the_remote_target():
     service, deployment = k8s_object("Service"), k8s_object("Deployment")
     namespace = manifest["metadata"]["namespace"]
     assert remote.url == f"http://{service['metadata']['name']}.{namespace}.svc.cluster.local:3000"
-    target = RemoteTarget(
-        model_name="m", model_version="3", bento_tag="breast-cancer-classifier:v3-abc", model_tag=None, reason=""
-    )
+    target = RemoteTarget(model_name="m", model_version="3", bento_tag="breast-cancer-classifier:v3-abc")
     argv = render_command(remote.deploy_command, target.values(remote.image))
     assert argv[:2] == ["sh", "-c"]
     words = shlex.split(argv[2])

@@ -16,8 +16,6 @@ TARGET = RemoteTarget(
     model_name="churn",
     model_version="7",
     bento_tag="churn:v7-abc123",
-    model_tag="churn-onnx:v7",
-    reason="test",
 )
 
 
