@@ -242,7 +242,7 @@ def _fetch_as_text(url: str, rows: int) -> list[Any]:
     from serving.inference_log import _fetch, _window_query
 
     since, until = window_bounds(rows)
-    return _fetch(url, lambda table: _window_query(table, since, until, LOG_VERSION), "inference_log")
+    return _fetch(url, lambda table, present: _window_query(table, present, since, until, LOG_VERSION), "inference_log")
 
 
 def read_split(url: str, rows: int, repeat: int) -> ReadSplit:

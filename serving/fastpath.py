@@ -64,6 +64,7 @@ class FastPredict:
         spec = predictor.spec
         self._spec = spec
         self._classes = list(spec.classes) if spec.task == "classification" and spec.classes is not None else None
+        self._floats = predictor.float_features
 
     def __call__(self, body: bytes, request_id_header: str | None) -> Answer:
         started = time.perf_counter()
@@ -82,7 +83,8 @@ class FastPredict:
             return Answer(400, dumps(refusal), headers)
         try:
             columns = request_columns(request)
-            result = self.predictor.predict(columns)
+            feeds = self.predictor.feeds(columns)
+            result = self.predictor.run(feeds)
             spec = self._spec
             answer: dict[str, Any] = {"predictions": result.predictions}
             # Classifiers only: the OpenAPI document types both as arrays (not nullable), so a regressor leaves
@@ -103,6 +105,8 @@ class FastPredict:
                     result.predictions,
                     result.probabilities,
                     (time.perf_counter() - started) * 1000.0,
+                    feeds=feeds,
+                    float_names=self._floats,
                 )
         except Exception:
             _LOG.exception("/predict request %s failed", request_id)

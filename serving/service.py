@@ -104,7 +104,8 @@ class SlipwayService:
         request_id = request_id_from(ctx.request.headers.get("x-request-id"))
         ctx.response.headers["x-request-id"] = request_id
         columns = request_columns(request)
-        result = self.predictor.predict(columns)
+        feeds = self.predictor.feeds(columns)
+        result = self.predictor.run(feeds)
         response = response_of(SPEC, result, request_id, PredictResponse)
         self.metrics.prediction_rows.inc(len(result.predictions))
         if self.inference_log is not None:
@@ -116,6 +117,8 @@ class SlipwayService:
                 result.predictions,
                 result.probabilities,
                 (time.perf_counter() - started) * 1000.0,
+                feeds=feeds,
+                float_names=self.predictor.float_features,
             )
         return response
 

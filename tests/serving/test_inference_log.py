@@ -9,6 +9,7 @@ import math
 import resource
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -21,14 +22,16 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 from serving.inference_log import (
+    _BINARY_MIN_ROWS,
     InferenceLog,
     InferenceLogError,
     LoggedRequest,
     LoggedRow,
+    inference_log_table,
     read_window,
     sqlite_url,
 )
@@ -241,11 +244,50 @@ def test_columnar_requests_are_expanded_to_rows(sqlite_store: tuple[str, str], m
     ]
 
 
+@pytest.mark.parametrize("rows", [_BINARY_MIN_ROWS - 1, _BINARY_MIN_ROWS, 100])
+def test_float_features_of_larger_requests_are_stored_as_bytes_and_read_back(
+    store: tuple[str, str], metrics: CollectorRegistry, rows: int
+) -> None:
+    """Given requests of 9, 10 and 100 rows as the service records them (its feeds, the float features named),
+    then from 10 rows on the floats are stored as float64 bytes and the others as JSON, and read_window returns
+    every value as sent, in the feature order; below 10 rows everything is JSON (cheaper there)."""
+    import numpy as np
+
+    url, table = store
+    rng = np.random.default_rng(rows)
+    features = {
+        "tenure": rng.normal(size=rows).tolist(),
+        "plan": [f"p{i % 3}" for i in range(rows)],
+        "seats": list(range(rows)),  # an int feature keeps its type (in JSON)
+        "spend": (rng.normal(size=rows) * 1e6).tolist(),
+    }
+    feeds = {
+        name: np.asarray(values, dtype=np.float64).reshape(-1, 1) for name, values in features.items() if name != "plan"
+    }
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record_columns(
+            "r", "churn", "3", features, [0] * rows, None, 1.0, feeds=feeds, float_names=("tenure", "spend"), ts=T0
+        )
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        stored_features, numbers = connection.execute(text(f'SELECT features, numbers FROM "{table}"')).one()
+    engine.dispose()
+    stored = json.loads(stored_features) if isinstance(stored_features, str) else stored_features
+    if rows < _BINARY_MIN_ROWS:
+        assert (stored, numbers) == (features, None)
+    else:
+        assert stored == {"tenure": None, "plan": features["plan"], "seats": features["seats"], "spend": None}
+        assert bytes(numbers) == struct.pack(f"<{2 * rows}d", *features["tenure"], *features["spend"])
+    frame = read_window(url, since=T0, table=table)
+    assert list(frame.columns[:4]) == ["tenure", "plan", "seats", "spend"]
+    assert {name: frame[name].tolist() for name in features} == features
+
+
 def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Path, metrics: CollectorRegistry) -> None:
     """Given the same requests (columnar and row lists; numpy values, NaN, infinity, a None prediction, no
-    probabilities, an integer beyond 64 bits) written once through the SQLite fast path (tuples to sqlite3's
-    executemany) and once through SQLAlchemy's typed insert, then every stored value is identical, one table
-    row per request."""
+    probabilities, an integer beyond 64 bits, the floats of a request large enough to go in bytes) written once
+    through the SQLite fast path (one multi-row INSERT) and once through SQLAlchemy's typed insert, then every
+    stored value is identical, one table row per request."""
     import numpy as np
 
     entries: list[LoggedRequest | list[LoggedRow]] = [
@@ -261,6 +303,16 @@ def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Pat
         ),
         LoggedRequest("noproba", "churn", "3", {"tenure": [3.0]}, [0.25], 1.0, None, T0 + timedelta(seconds=1)),
         request_rows("rows", 2, ts=(T0 + timedelta(seconds=2)).replace(tzinfo=None)),
+        LoggedRequest(
+            "wide",
+            "churn",
+            "3",
+            {"tenure": np.array([1.5, np.nan, np.inf, *range(7)], dtype=np.float32), "plan": ["pro"] * 10},
+            [1] * 10,
+            1.0,
+            None,
+            T0 + timedelta(seconds=3),
+        ),
     ]
     stored = []
     for fast in (True, False):
@@ -275,11 +327,11 @@ def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Pat
                     log.record_request(entry)
                 else:
                     log.record(entry)
-        assert (log.rows_written, log.rows_dropped) == (6, 0)
+        assert (log.rows_written, log.rows_dropped) == (16, 0)
         with sqlite3.connect(tmp_path / f"fast-{fast}.db") as connection:
             stored.append(connection.execute("SELECT * FROM inference_log ORDER BY id").fetchall())
     assert stored[0] == stored[1]
-    requests = [(n, json.loads(f), p) for (_, _, _, _, _, n, f, p, *_) in stored[0]]
+    requests = [(n, json.loads(f), p) for (_, _, _, _, _, n, f, _, p, *_) in stored[0]]
     # NaN and infinity are null; orjson refuses 2**70 and the standard library encodes it
     assert requests[0] == (
         3,
@@ -288,7 +340,13 @@ def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Pat
     )
     assert requests[1] == (1, {"tenure": [3.0]}, "[0.25]")
     assert requests[2][:2] == (2, {"tenure": [0.0, 1.0], "plan": ["basic", "pro"]})
-    assert [row[8] for row in stored[0]][1] is None  # no probabilities: SQL NULL
+    assert [row[9] for row in stored[0]][1] is None  # no probabilities: SQL NULL
+    # From 10 rows on, float features are float64 bytes (NaN and infinity kept), null in the JSON
+    assert [row[7] for row in stored[0]][:3] == [None] * 3
+    assert (requests[3][1], stored[0][3][7]) == (
+        {"tenure": None, "plan": ["pro"] * 10},
+        struct.pack("<10d", 1.5, math.nan, math.inf, *range(7)),
+    )
 
 
 def test_a_writer_locked_out_by_another_connection_waits_and_loses_nothing(
@@ -694,6 +752,63 @@ def test_a_log_of_the_old_layout_is_named_not_misread(tmp_path: Path, metrics: C
         log.record(request_rows("r", 3))
     assert (log.rows_written, log.rows_dropped_write_failed) == (0, 3)
     assert log.last_error is not None and "older slipway" in log.last_error
+
+
+def test_a_log_without_the_numbers_column_gets_it_and_reads_old_and_new_rows(
+    store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a table of the layout before float features went to `numbers` (every feature in the JSON) holding
+    one request, then the writer adds the column on its first batch, and read_window returns the old request
+    and the new ones alike."""
+    url, table = store
+    if url.startswith("sqlite:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    engine = create_engine(url)
+    old_table = inference_log_table(MetaData(), table)
+    with engine.begin() as connection:
+        old_table.create(connection)
+        connection.execute(text(f'ALTER TABLE "{table}" DROP COLUMN numbers'))
+        old_request = {"tenure": [7.0, 8.0], "plan": ["pro", "basic"]}
+        connection.execute(
+            old_table.insert().values(
+                ts=T0,
+                request_id="old",
+                model_name="churn",
+                model_version="3",
+                n_rows=2,
+                features=old_request,
+                predictions=[0, 1],
+                latency_ms=1.5,
+            )
+        )
+    assert len(read_window(url, since=T0, table=table)) == 2  # readable before the writer touches it
+
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record(request_rows("new", 10, ts=T0 + timedelta(seconds=1)))
+    assert (log.rows_written, log.rows_dropped) == (10, 0)
+
+    with engine.connect() as connection:
+        assert "numbers" in {column["name"] for column in inspect(connection).get_columns(table)}
+        assert connection.execute(text(f'SELECT COUNT(numbers) FROM "{table}"')).scalar() == 1
+    engine.dispose()
+    frame = read_window(url, since=T0, table=table)
+    assert frame[["request_id", "tenure", "plan"]].values.tolist() == [
+        ["old", 7.0, "pro"],
+        ["old", 8.0, "basic"],
+        *(["new", float(i), "pro" if i % 2 else "basic"] for i in range(10)),
+    ]
+
+
+def test_float_values_that_do_not_fit_their_request_are_named(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given a request whose `numbers` hold fewer floats than its rows and float features need, then read_window
+    fails naming the request instead of shifting values into other rows."""
+    url = sqlite_url(tmp_path / "inference_log.db")
+    with InferenceLog(url, registry=metrics) as log:
+        log.record(request_rows("cut", 10, ts=T0))
+    with sqlite3.connect(tmp_path / "inference_log.db") as connection:
+        connection.execute("UPDATE inference_log SET numbers = substr(numbers, 1, 16)")
+    with pytest.raises(InferenceLogError, match=r"request 'cut': 2 float values for 10 rows"):
+        read_window(url, since=T0)
 
 
 def test_a_batch_larger_than_one_sqlite_statement_is_written_whole(

@@ -18,12 +18,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 
+from serving.inference_log import read_window
 from tests.serving.test_bento import (  # noqa: F401
     BuiltBento,
     ExampleModel,
@@ -256,3 +259,11 @@ def test_every_served_row_is_logged_after_a_graceful_stop(
             "SELECT COUNT(*), COUNT(DISTINCT request_id), SUM(n_rows) FROM inference_log"
         ).fetchone()
     assert logged == served_rows and requests == distinct == 300
+    # And it reads back as sent: a 10-row request's features, in the model's order, float for float
+    frame = read_window(f"sqlite:///{db}", since=datetime(2000, 1, 1, tzinfo=UTC))
+    names = example_model.schema.feature_names
+    assert list(frame.columns[: len(names)]) == names
+    ten_rows = frame.groupby("request_id").filter(lambda request: len(request) == 10)
+    first = ten_rows[ten_rows["request_id"] == ten_rows["request_id"].iloc[0]]
+    sent = example_model.rows.head(10)[names].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first[names].reset_index(drop=True), sent, check_dtype=False)
