@@ -66,6 +66,17 @@ def serving(
         Path | None, typer.Option("--json", help="Where to write the raw results (default: a file in the temp dir).")
     ] = None,
     keep_workdir: Annotated[bool, typer.Option(help="Keep the temp folder with server logs and stores.")] = False,
+    log_rounds: Annotated[
+        int,
+        typer.Option(
+            help="Rounds that price the inference log: slipway and slipway-logged loaded in turn per case, the cost "
+            "the median of the per-round ratios (0: price it from their single cases in the table).",
+            min=0,
+        ),
+    ] = 5,
+    log_round_seconds: Annotated[
+        float, typer.Option(help="Seconds of measured load per server in each paired round.", min=1)
+    ] = 4.0,
 ) -> None:
     """slipway's endpoint vs `mlflow models serve` (sklearn and onnx flavors), the in-process floor and a bare ASGI
     limit: same model, same rows, same wrk load; each server measured alone on 127.0.0.1."""
@@ -88,6 +99,8 @@ def serving(
         nice=nice,
         json_path=json_out,
         keep_workdir=keep_workdir,
+        log_rounds=log_rounds,
+        log_round_s=log_round_seconds,
     )
     # Not a terminal (make, CI, a log file): wide enough that the tables are not cut.
     console = Console(width=None if sys.stdout.isatty() else 170)
