@@ -73,7 +73,7 @@ def serving(
             "the median of the per-round ratios (0: price it from their single cases in the table).",
             min=0,
         ),
-    ] = 5,
+    ] = 7,
     log_round_seconds: Annotated[
         float, typer.Option(help="Seconds of measured load per server in each paired round.", min=1)
     ] = 4.0,

@@ -94,7 +94,7 @@ class ServingOptions:
     nice: int = 0
     json_path: Path | None = None
     keep_workdir: bool = False
-    log_rounds: int = 5  # paired rounds pricing the inference log (bench.paired); 0: price it from the table
+    log_rounds: int = 7  # paired rounds pricing the inference log (bench.paired); 0: price it from the table
     log_round_s: float = 4.0
 
 
