@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 # Evidently 0.7 stattest names slipway accepts for drift (tasks/monitor.py maps each to its statistic).
 NumericalMethod = Literal[
@@ -181,7 +181,8 @@ class RemoteServingSettings(Section):
     )
     image: str = Field(
         "slipway-serving:{bento_version}",
-        description="What {image} stands for: the image `slipway image` built of the Bento (same placeholders).",
+        description="What {image} stands for: the image `slipway image` built of the Bento (the same placeholders but "
+        "{image} itself).",
     )
     rollout_timeout_s: float = Field(
         900.0, gt=0, description="Longest wait for the command and then for url to report the new version."
@@ -205,17 +206,19 @@ class RemoteServingSettings(Section):
 
     @field_validator("deploy_command", "image")
     @classmethod
-    def _known_placeholders(cls, value: list[str] | str) -> list[str] | str:
+    def _known_placeholders(cls, value: list[str] | str, info: ValidationInfo) -> list[str] | str:
         from string import Formatter
 
+        # `image` is what {image} stands for, so it cannot name itself.
+        known = [n for n in DEPLOY_PLACEHOLDERS if info.field_name != "image" or n != "image"]
         for arg in [value] if isinstance(value, str) else value:
             try:
                 names = [name for _, name, _, _ in Formatter().parse(arg) if name is not None]
             except ValueError as exc:
                 raise ValueError(f"{arg!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
-            unknown = [n for n in names if n not in DEPLOY_PLACEHOLDERS]
+            unknown = [n for n in names if n not in known]
             if unknown:
-                raise ValueError(f"{arg!r} names {{{unknown[0]}}}; known: {', '.join(DEPLOY_PLACEHOLDERS)}")
+                raise ValueError(f"{arg!r} names {{{unknown[0]}}}; known: {', '.join(known)}")
         return value
 
 

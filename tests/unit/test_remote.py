@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from configs import ConfigError, load_config
-from configs.settings import RemoteServingSettings
+from configs.settings import DEPLOY_PLACEHOLDERS, RemoteServingSettings
 from tasks.errors import ServingError
 from tasks.remote import RemoteTarget, remote_view, render_command, roll_out, served_versions
 
@@ -46,6 +46,26 @@ def test_unknown_placeholder_in_the_deploy_command_is_refused_by_name(tmp_path: 
         load_config(overlay=bad, environ={})
     text = str(info.value)
     assert f"{bad}: serving.remote.deploy_command" in text and "{tag}" in text and "bento_tag" in text
+
+
+def test_the_image_cannot_name_itself(tmp_path: Path) -> None:
+    bad = overlay(
+        tmp_path,
+        "serving:\n  target: remote\n  remote:\n    url: http://svc:3000\n"
+        "    deploy_command: [deploy, '{image}']\n    image: 'registry.example.com/{image}'\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(overlay=bad, environ={})
+    text = str(info.value)
+    assert f"{bad}: serving.remote.image" in text and "names {image}" in text
+
+
+def test_every_placeholder_the_config_allows_is_one_the_command_gets() -> None:
+    # The config validates against DEPLOY_PLACEHOLDERS and RemoteTarget fills them: the two lists must agree.
+    target = RemoteTarget(model_name="churn", model_version="3", bento_tag="churn-classifier:v3")
+    values = target.values("registry.example.com/churn:{bento_version}")
+    assert set(values) == set(DEPLOY_PLACEHOLDERS)
+    assert values["image"] == "registry.example.com/churn:v3"
 
 
 def test_a_valid_remote_overlay_loads(tmp_path: Path) -> None:
