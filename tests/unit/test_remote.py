@@ -36,28 +36,28 @@ def test_remote_target_without_remote_section_names_the_field_and_file(tmp_path:
     assert str(bad) in str(info.value) and "serving" in str(info.value) and "serving.remote" in str(info.value)
 
 
-def test_unknown_placeholder_in_the_deploy_command_is_refused_by_name(tmp_path: Path) -> None:
-    bad = overlay(
-        tmp_path,
-        "serving:\n  target: remote\n  remote:\n    url: http://svc:3000\n"
-        "    deploy_command: [kubectl, set, image, 'deployment/x', 'bento={tag}']\n",
-    )
+@pytest.mark.parametrize(
+    ("fields", "field", "named"),
+    [
+        # a placeholder nobody fills
+        ("    deploy_command: [kubectl, set, image, 'deployment/x', 'bento={tag}']\n", "deploy_command", "{tag}"),
+        # the image template naming itself (it would render empty)
+        (
+            "    deploy_command: [deploy, '{image}']\n    image: 'registry.example.com/{image}'\n",
+            "image",
+            "names {image}",
+        ),
+    ],
+    ids=["unknown-placeholder", "image-names-itself"],
+)
+def test_a_placeholder_that_cannot_be_filled_is_refused_by_name(
+    tmp_path: Path, fields: str, field: str, named: str
+) -> None:
+    bad = overlay(tmp_path, "serving:\n  target: remote\n  remote:\n    url: http://svc:3000\n" + fields)
     with pytest.raises(ConfigError) as info:
         load_config(overlay=bad, environ={})
     text = str(info.value)
-    assert f"{bad}: serving.remote.deploy_command" in text and "{tag}" in text and "bento_tag" in text
-
-
-def test_the_image_cannot_name_itself(tmp_path: Path) -> None:
-    bad = overlay(
-        tmp_path,
-        "serving:\n  target: remote\n  remote:\n    url: http://svc:3000\n"
-        "    deploy_command: [deploy, '{image}']\n    image: 'registry.example.com/{image}'\n",
-    )
-    with pytest.raises(ConfigError) as info:
-        load_config(overlay=bad, environ={})
-    text = str(info.value)
-    assert f"{bad}: serving.remote.image" in text and "names {image}" in text
+    assert f"{bad}: serving.remote.{field}" in text and named in text and "bento_version" in text
 
 
 def test_every_placeholder_the_config_allows_is_one_the_command_gets() -> None:
