@@ -796,7 +796,11 @@ def report_json(report: ServingReport) -> dict[str, Any]:
             return str(value)
         return value
 
-    return plain(report)
+    out: dict[str, Any] = plain(report)
+    # The figures the log's target reads are properties of the rounds, not fields: written out too.
+    for entry, priced in zip(out["log_cost"], report.log_cost, strict=True):
+        entry.update(median_ratio=priced.median_ratio, cost=priced.cost, cost_range=list(priced.cost_range))
+    return out
 
 
 def _default_json_path(started_utc: str) -> Path:

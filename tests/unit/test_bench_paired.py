@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.paired import PairedLogCost, PairedRound
-from bench.serving import BATCH_SIZES, evaluate_targets
+from bench.serving import BATCH_SIZES, ServingReport, evaluate_targets, report_json
 
 
 def rounds(*pairs: tuple[float, float]) -> tuple[PairedRound, ...]:
@@ -35,3 +35,12 @@ def test_the_log_target_reads_the_paired_rounds_and_names_them() -> None:
     assert (one.met, hundred.met) == (True, False)
     assert one.measured.startswith("4.0% of req/s (median of 3 paired rounds, 4.0% to 4.0%)")
     assert hundred.measured.startswith("12.0% of req/s")
+
+
+def test_the_raw_results_carry_the_cost_the_target_read() -> None:
+    priced = PairedLogCost(100, 4.0, 1.0, rounds((1000, 900), (1000, 880), (1000, 950)))
+    report = ServingReport({}, {}, (), (), None, {}, (), 0.0, (priced,))
+    written = report_json(report)["log_cost"][0]
+    assert len(written["rounds"]) == 3
+    assert (written["median_ratio"], written["cost"]) == (pytest.approx(0.9), pytest.approx(0.1))
+    assert written["cost_range"] == [pytest.approx(0.05), pytest.approx(0.12)]
