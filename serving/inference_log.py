@@ -16,9 +16,9 @@ model's feeds. read_window reads both forms.
 Writing stays off the request's critical work: `InferenceLog.record_columns` (what the service calls; or
 `record_request`, `record`) encodes the request as its table row (orjson and the feeds' bytes: a few
 microseconds for one row, ~20 us for 100) and appends it to an in-memory deque under a lock held for a
-microsecond, and ONE daemon writer thread per process inserts them in batches (multi-row INSERTs of up to
-`batch_rows` requests per transaction) every `flush_interval_s`, or sooner once `batch_rows` requests are
-waiting. The queue is bounded in predicted rows (`max_queue_rows`). Nothing is
+microsecond, and ONE daemon writer thread per process inserts them in batches (up to `batch_rows` requests
+per transaction: multi-row INSERTs on SQLite, SQLAlchemy's executemany elsewhere) every `flush_interval_s`, or
+sooner once `batch_rows` requests are waiting. The queue is bounded in predicted rows (`max_queue_rows`). Nothing is
 ever silently lost: rows refused because the queue is full (`queue_full`), rows whose batch failed after a
 bounded retry (`write_failed`), rows recorded after close or still queued when close() timed out (`closed`)
 and requests whose values cannot be stored (`invalid`) are counted in attributes and in Prometheus, and the
