@@ -64,7 +64,6 @@ class FastPredict:
         spec = predictor.spec
         self._spec = spec
         self._classes = list(spec.classes) if spec.task == "classification" and spec.classes is not None else None
-        self._floats = predictor.float_features
 
     def __call__(self, body: bytes, request_id_header: str | None) -> Answer:
         started = time.perf_counter()
@@ -105,8 +104,8 @@ class FastPredict:
                     result.predictions,
                     result.probabilities,
                     (time.perf_counter() - started) * 1000.0,
-                    feeds=feeds,
-                    float_names=self._floats,
+                    floats=feeds.floats,
+                    float_names=feeds.float_names,
                 )
         except Exception:
             _LOG.exception("/predict request %s failed", request_id)

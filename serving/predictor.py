@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.features import feeds_from_columns, onnx_input_type
+from serving.features import ModelFeeds, model_feeds, onnx_input_type
 from serving.schema import PredictResponse, RequestBase, label_type, request_columns
 from serving.spec import ModelIntegrityError, ServingSpec, verify_model_file
 
@@ -89,8 +89,6 @@ class Predictor:
         self.session = session
         self.spec = spec
         self._features = spec.feature_pairs
-        # The features typed float, in the model's order: their feeds hold the values as sent.
-        self.float_features = tuple(name for name, dtype in self._features if dtype == "float")
         # Regressors may name one output as both label and score; ask ORT for each name once.
         self._outputs = list(dict.fromkeys([spec.label_output, spec.score_output]))
 
@@ -101,17 +99,18 @@ class Predictor:
         check_session(session, spec)
         return cls(session, spec)
 
-    def feeds(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
-        """The ONNX Runtime feeds of feature name -> values (already validated): one [rows, 1] array each."""
-        return feeds_from_columns(self._features, columns)
+    def feeds(self, columns: Mapping[str, Sequence[Any]]) -> ModelFeeds:
+        """The ONNX Runtime feeds of feature name -> values (already validated): one [rows, 1] array each, the
+        float features' views of one block (ModelFeeds.floats, which the inference log stores as it is)."""
+        return model_feeds(self._features, columns)
 
     def predict(self, columns: Mapping[str, Sequence[Any]]) -> Prediction:
         """Run the model on feature name -> values (already validated)."""
         return self.run(self.feeds(columns))
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> Prediction:
+    def run(self, feeds: ModelFeeds) -> Prediction:
         """Run the model on its feeds (Predictor.feeds)."""
-        arrays = self.session.run(self._outputs, feeds)
+        arrays = self.session.run(self._outputs, feeds.arrays)
         results = dict(zip(self._outputs, arrays, strict=True))
         scores = np.asarray(results[self.spec.score_output])
         if self.spec.task == "classification":

@@ -117,8 +117,8 @@ class SlipwayService:
                 result.predictions,
                 result.probabilities,
                 (time.perf_counter() - started) * 1000.0,
-                feeds=feeds,
-                float_names=self.predictor.float_features,
+                floats=feeds.floats,
+                float_names=feeds.float_names,
             )
         return response
 

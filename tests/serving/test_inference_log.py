@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
+from serving.features import model_feeds
 from serving.inference_log import (
     _BINARY_MIN_ROWS,
     InferenceLog,
@@ -261,12 +262,19 @@ def test_float_features_of_larger_requests_are_stored_as_bytes_and_read_back(
         "seats": list(range(rows)),  # an int feature keeps its type (in JSON)
         "spend": (rng.normal(size=rows) * 1e6).tolist(),
     }
-    feeds = {
-        name: np.asarray(values, dtype=np.float64).reshape(-1, 1) for name, values in features.items() if name != "plan"
-    }
+    feeds = model_feeds([("tenure", "float"), ("plan", "str"), ("seats", "int"), ("spend", "float")], features)
     with InferenceLog(url, table=table, registry=metrics) as log:
         log.record_columns(
-            "r", "churn", "3", features, [0] * rows, None, 1.0, feeds=feeds, float_names=("tenure", "spend"), ts=T0
+            "r",
+            "churn",
+            "3",
+            features,
+            [0] * rows,
+            None,
+            1.0,
+            floats=feeds.floats,
+            float_names=feeds.float_names,
+            ts=T0,
         )
     engine = create_engine(url)
     with engine.connect() as connection:
@@ -281,6 +289,25 @@ def test_float_features_of_larger_requests_are_stored_as_bytes_and_read_back(
     frame = read_window(url, since=T0, table=table)
     assert list(frame.columns[:4]) == ["tenure", "plan", "seats", "spend"]
     assert {name: frame[name].tolist() for name in features} == features
+
+
+def test_numbers_follow_the_layouts_feature_order_whatever_the_blocks_order() -> None:
+    """Given a float block whose rows are in another order than the request's features, then `numbers` holds the
+    values in the order of the layout's null features (what read_window walks), and a block that does not fit
+    the request is refused with the shapes named."""
+    import numpy as np
+
+    from serving.inference_log import _numbers
+
+    features = {"a": [1.0, 2.0], "plan": ["x", "y"], "b": [3.0, 4.0]}
+    for names, block in ((("a", "b"), [[1.0, 2.0], [3.0, 4.0]]), (("b", "a"), [[3.0, 4.0], [1.0, 2.0]])):
+        layout, data = _numbers(features, np.array(block), names, 2)
+        assert layout == {"a": None, "plan": ["x", "y"], "b": None}
+        assert data == struct.pack("<4d", 1.0, 2.0, 3.0, 4.0)
+    with pytest.raises(ValueError, match=r"shape \(2, 3\) do not hold 2 values"):
+        _numbers(features, np.zeros((2, 3)), ("a", "b"), 2)
+    with pytest.raises(ValueError, match="not distinct features of the request"):
+        _numbers(features, np.zeros((2, 2)), ("a", "c"), 2)
 
 
 def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Path, metrics: CollectorRegistry) -> None:
