@@ -102,7 +102,7 @@ class FastPredict:
                     spec.model_version,
                     columns,
                     result.predictions,
-                    result.probabilities,
+                    result.scores,
                     (time.perf_counter() - started) * 1000.0,
                     floats=feeds.floats,
                     float_names=feeds.float_names,

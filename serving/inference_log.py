@@ -236,6 +236,11 @@ def inference_log_table(metadata: MetaData, name: str = "inference_log") -> Tabl
         Column("numbers", LargeBinary, nullable=True),
         Column("predictions", JSON, nullable=False),  # [one prediction per row]
         Column("probabilities", JSON(none_as_null=True), nullable=True),  # [[class probabilities] per row]
+        # The class probabilities as bytes when the service gives them as an array (requests of _BINARY_MIN_ROWS
+        # rows or more): float64, little-endian, one row's probabilities after another's; `probabilities` is
+        # then NULL. The service's are the model's float32 outputs as the response's float64s, so the bytes hold
+        # exactly what was answered; as JSON text they cost the request thread ~20 us at 100 rows of two classes.
+        Column("probability_numbers", LargeBinary, nullable=True),
         Column("latency_ms", Float, nullable=False),
     )
 
@@ -420,7 +425,7 @@ def _metrics_for(registry: CollectorRegistry | None) -> _Metrics:
 # thread: a tuple of strings, bytes and numbers is not tracked by Python's cyclic garbage collector, while the
 # request's own dict of lists, kept alive in the queue until the writer runs, was: every worker then paid for
 # collections walking thousands of queued containers (a quarter of one-row throughput, measured).
-_Encoded = tuple[datetime, str, str, str, int, str, bytes | None, str, str | None, float]
+_Encoded = tuple[datetime, str, str, str, int, str, bytes | None, str, str | None, bytes | None, float]
 
 
 def _plain_columns(features: Mapping[str, Sequence[Any]]) -> Mapping[str, Any]:
@@ -489,11 +494,19 @@ def _encode(
 ) -> _Encoded:
     """The request as the table row the writer inserts: its JSON columns encoded (None probabilities stay
     None: SQL NULL, as the column's none_as_null says); from _BINARY_MIN_ROWS rows on, the float features
-    as bytes in `numbers` (_numbers), null in the JSON `features`."""
+    as bytes in `numbers` (_numbers), null in the JSON `features`, and probabilities given as a float array
+    as bytes in `probability_numbers`."""
     n_rows = len(predictions)
     number_bytes = None
+    probability_text = None
+    probability_bytes = None
     if floats is not None and float_names and n_rows >= _BINARY_MIN_ROWS:
         features, number_bytes = _numbers(features, floats, float_names, n_rows)
+    if probabilities is not None:
+        if n_rows >= _BINARY_MIN_ROWS and _is_probability_block(probabilities, n_rows):
+            probability_bytes = np.ascontiguousarray(probabilities, dtype="<f8").tobytes()
+        else:
+            probability_text = _json_dumps(probabilities)
     return (
         _as_utc(ts),
         request_id,
@@ -503,8 +516,20 @@ def _encode(
         _json_dumps(features),
         number_bytes,
         _json_dumps(predictions),
-        _json_dumps(probabilities) if probabilities is not None else None,
+        probability_text,
+        probability_bytes,
         float(latency_ms),
+    )
+
+
+def _is_probability_block(probabilities: Any, n_rows: int) -> bool:
+    """A float array of one row of class probabilities per predicted row."""
+    return (
+        isinstance(probabilities, np.ndarray)
+        and probabilities.dtype.kind == "f"
+        and probabilities.ndim == 2
+        and probabilities.shape[0] == n_rows
+        and probabilities.shape[1] > 0
     )
 
 
@@ -535,6 +560,7 @@ _RAW_COLUMNS = (
     "numbers",
     "predictions",
     "probabilities",
+    "probability_numbers",
     "latency_ms",
 )
 
@@ -549,7 +575,7 @@ def _json_insert(table: Table, dialect: str) -> Any:
     return table.insert().values(values)
 
 
-# The largest multi-row INSERT on SQLite, in requests (10 parameters each: 2,560, under the 32,766 variables of
+# The largest multi-row INSERT on SQLite, in requests (11 parameters each: 2,816, under the 32,766 variables of
 # SQLite 3.32 and newer). A batch is cut into statements of power-of-two sizes up to this (500 = 256 + 128 + 64
 # + 32 + 16 + 4), so the connection's statement cache holds at most 9 of them. A statement per batch size would
 # not do: a cached statement keeps its last bound values, so the cache held up to 128 batches of JSON (+377 MiB
@@ -758,18 +784,19 @@ class InferenceLog:
         model_version: str,
         features: Mapping[str, Sequence[Any]],
         predictions: Sequence[Any],
-        probabilities: Sequence[Sequence[float]] | None,
+        probabilities: Sequence[Sequence[float]] | np.ndarray | None,
         latency_ms: float,
         *,
         floats: np.ndarray | None = None,
         float_names: Sequence[str] = (),
         ts: datetime | None = None,
     ) -> None:
-        """Queue one request as the service has it (features a dict of lists, probabilities a list of lists),
-        taken at `ts` (default: now), without building a LoggedRequest: what the service calls on every
-        request. `floats`: the values of the features named in `float_names` as one float64 block of
-        [len(float_names), rows] (ModelFeeds.floats); from _BINARY_MIN_ROWS rows on they are stored from it as
-        bytes (column `numbers`) rather than as JSON text, which costs the request thread several times more.
+        """Queue one request as the service has it (features a dict of lists, probabilities a float array of
+        [rows, classes] or a list of lists), taken at `ts` (default: now), without building a LoggedRequest:
+        what the service calls on every request. `floats`: the values of the features named in `float_names`
+        as one float64 block of [len(float_names), rows] (ModelFeeds.floats). From _BINARY_MIN_ROWS rows on,
+        those features and an array of probabilities are stored as bytes (columns `numbers` and
+        `probability_numbers`) rather than as JSON text, which costs the request thread several times more.
         Returns at once and never raises."""
         try:
             n_rows = len(predictions)
@@ -1057,22 +1084,32 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def _window_query(
-    table: Table, present: set[str], since: datetime, until: datetime | None, model_version: str | None
+    table: Table,
+    present: set[str],
+    since: datetime,
+    until: datetime | None,
+    model_version: str | None,
+    probabilities: bool = False,
 ) -> Any:
     # The JSON columns come back as text and read_window decodes them with orjson: SQLAlchemy's JSON type
     # runs json.loads on every value, the larger part of reading a million rows. CAST is the same SQL on
-    # SQLite and PostgreSQL. A table not yet given the `numbers` column (_ADDED_COLUMNS) reads it as NULL.
-    numbers: Any = table.c.numbers if "numbers" in present else null()
-    query = select(
+    # SQLite and PostgreSQL. A column a table was not yet given (_ADDED_COLUMNS) reads as NULL.
+    def added(name: str) -> Any:
+        return (table.c[name] if name in present else null()).label(name)
+
+    columns = [
         cast(table.c.features, Text).label("features"),
-        numbers.label("numbers"),
+        added("numbers"),
         cast(table.c.predictions, Text).label("predictions"),
         table.c.n_rows,
         table.c.ts,
         table.c.model_version,
         table.c.request_id,
         table.c.latency_ms,
-    ).where(table.c.ts >= _as_utc(since))
+    ]
+    if probabilities:
+        columns += [cast(table.c.probabilities, Text).label("probabilities"), added("probability_numbers")]
+    query = select(*columns).where(table.c.ts >= _as_utc(since))
     if until is not None:
         query = query.where(table.c.ts < _as_utc(until))
     if model_version is not None:
@@ -1102,7 +1139,7 @@ def _fetch(url: str, query_for: Callable[[Table, set[str]], Any], table: str) ->
 
 # Columns added to the table after its first release: a table without them gets them on the writer's first
 # batch (ALTER TABLE ... ADD COLUMN, nullable), and read_window reads such a table as it is.
-_ADDED_COLUMNS = ("numbers",)
+_ADDED_COLUMNS = ("numbers", "probability_numbers")
 
 
 def _check_layout(columns: set[str], table: str, where: str) -> None:
@@ -1121,20 +1158,27 @@ def read_window(
     until: datetime | None = None,
     model_version: str | None = None,
     table: str = "inference_log",
+    *,
+    probabilities: bool = False,
 ) -> pd.DataFrame:
     """Logged rows with since <= ts < until, one per prediction: one column per feature (NaN where a request
-    lacked it), then prediction, ts (UTC), model_version, request_id, latency_ms; ordered by time. Naive
-    datetimes are taken as UTC."""
+    lacked it), then prediction, ts (UTC), model_version, request_id, latency_ms, and with `probabilities` a
+    column of that name (the row's class probabilities as a list; None where the model gave none); ordered by
+    time. Naive datetimes are taken as UTC."""
     import pandas as pd  # here, not at import: the service does not need pandas to write
 
+    def query(t: Table, present: set[str]) -> Any:
+        return _window_query(t, present, since, until, model_version, probabilities)
+
     with _gc_paused():
-        requests = _fetch(url, lambda t, present: _window_query(t, present, since, until, model_version), table)
+        requests = _fetch(url, query, table)
         columns: dict[str, list[Any]] = {}
         predictions: list[Any] = []
         ts: list[Any] = []
         versions: list[Any] = []
         request_ids: list[Any] = []
         latencies: list[Any] = []
+        probability_rows: list[Any] = []
         total = 0
         for request in requests:
             n = request.n_rows
@@ -1162,6 +1206,8 @@ def read_window(
                 for column in columns.values():
                     column.extend([None] * (total - len(column)))
             predictions.extend(_json_loads(request.predictions))
+            if probabilities:
+                probability_rows.extend(_probability_rows(request))
             if n == 1:
                 ts.append(request.ts)
                 versions.append(request.model_version)
@@ -1174,16 +1220,39 @@ def read_window(
                 latencies.extend([request.latency_ms] * n)
         if len(predictions) != total:
             raise InferenceLogError(f"the log holds {len(predictions)} predictions for {total} rows in {table!r}")
-        clashes = sorted(set(columns) & set(META_COLUMNS))
+        meta = [*META_COLUMNS, "probabilities"] if probabilities else list(META_COLUMNS)
+        clashes = sorted(set(columns) & set(meta))
         if clashes:
-            raise InferenceLogError(f"features {clashes} have the names of inference log columns {list(META_COLUMNS)}")
+            raise InferenceLogError(f"features {clashes} have the names of inference log columns {meta}")
         frame = pd.DataFrame(columns, index=pd.RangeIndex(total))
         frame["prediction"] = pd.Series(predictions, dtype=object)
         frame["ts"] = pd.to_datetime(ts, utc=True)
         frame["model_version"] = pd.Series(versions, dtype=object)
         frame["request_id"] = pd.Series(request_ids, dtype=object)
         frame["latency_ms"] = pd.Series(latencies, dtype="float64")
+        if probabilities:
+            frame["probabilities"] = pd.Series(probability_rows, dtype=object)
         return frame
+
+
+def _probability_rows(request: Any) -> list[Any]:
+    """The request's class probabilities, a list per row (None per row when it has none), from either form."""
+    n = request.n_rows
+    if request.probability_numbers is not None:
+        values = _float64_values(request.probability_numbers)
+        classes, rest = divmod(len(values), n)
+        if rest or not classes:
+            raise InferenceLogError(
+                f"request {request.request_id!r}: {len(values)} probabilities for {n} rows "
+                "(column `probability_numbers`): the stored row is inconsistent"
+            )
+        return [values[i * classes : (i + 1) * classes].tolist() for i in range(n)]
+    rows = _json_loads(request.probabilities)
+    if rows is None:
+        return [None] * n
+    if len(rows) != n:
+        raise InferenceLogError(f"request {request.request_id!r}: {len(rows)} probability rows for {n} rows")
+    return list(rows)
 
 
 def _floats_misfit(request_id: str, floats: array[float] | None, n_rows: int) -> InferenceLogError:

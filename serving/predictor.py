@@ -30,6 +30,8 @@ class Prediction:
 
     predictions: list[Any]
     probabilities: list[list[float]] | None
+    # The same probabilities as a float64 array of [rows, classes] (what the inference log stores).
+    scores: np.ndarray | None = None
 
 
 def open_session(path: Path) -> ort.InferenceSession:
@@ -114,9 +116,11 @@ class Predictor:
         results = dict(zip(self._outputs, arrays, strict=True))
         scores = np.asarray(results[self.spec.score_output])
         if self.spec.task == "classification":
+            probabilities = scores.astype(np.float64)
             return Prediction(
                 predictions=np.asarray(results[self.spec.label_output]).reshape(-1).tolist(),
-                probabilities=scores.astype(np.float64).tolist(),
+                probabilities=probabilities.tolist(),
+                scores=probabilities,
             )
         return Prediction(predictions=scores.astype(np.float64).reshape(-1).tolist(), probabilities=None)
 

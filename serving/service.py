@@ -115,7 +115,7 @@ class SlipwayService:
                 SPEC.model_version,
                 columns,
                 result.predictions,
-                result.probabilities,
+                result.scores,
                 (time.perf_counter() - started) * 1000.0,
                 floats=feeds.floats,
                 float_names=feeds.float_names,

@@ -263,6 +263,7 @@ def test_float_features_of_larger_requests_are_stored_as_bytes_and_read_back(
         "spend": (rng.normal(size=rows) * 1e6).tolist(),
     }
     feeds = model_feeds([("tenure", "float"), ("plan", "str"), ("seats", "int"), ("spend", "float")], features)
+    probabilities = rng.random((rows, 3))
     with InferenceLog(url, table=table, registry=metrics) as log:
         log.record_columns(
             "r",
@@ -270,7 +271,7 @@ def test_float_features_of_larger_requests_are_stored_as_bytes_and_read_back(
             "3",
             features,
             [0] * rows,
-            None,
+            probabilities,
             1.0,
             floats=feeds.floats,
             float_names=feeds.float_names,
@@ -278,16 +279,25 @@ def test_float_features_of_larger_requests_are_stored_as_bytes_and_read_back(
         )
     engine = create_engine(url)
     with engine.connect() as connection:
-        stored_features, numbers = connection.execute(text(f'SELECT features, numbers FROM "{table}"')).one()
+        stored_features, numbers, stored_probabilities, probability_numbers = connection.execute(
+            text(f'SELECT features, numbers, probabilities, probability_numbers FROM "{table}"')
+        ).one()
     engine.dispose()
     stored = json.loads(stored_features) if isinstance(stored_features, str) else stored_features
     if rows < _BINARY_MIN_ROWS:
-        assert (stored, numbers) == (features, None)
+        assert (stored, numbers, probability_numbers) == (features, None, None)
+        stored_probabilities = (
+            json.loads(stored_probabilities) if isinstance(stored_probabilities, str) else stored_probabilities
+        )
+        assert stored_probabilities == probabilities.tolist()
     else:
         assert stored == {"tenure": None, "plan": features["plan"], "seats": features["seats"], "spend": None}
         assert bytes(numbers) == struct.pack(f"<{2 * rows}d", *features["tenure"], *features["spend"])
-    frame = read_window(url, since=T0, table=table)
+        assert stored_probabilities is None
+        assert bytes(probability_numbers) == struct.pack(f"<{3 * rows}d", *probabilities.ravel())
+    frame = read_window(url, since=T0, table=table, probabilities=True)
     assert list(frame.columns[:4]) == ["tenure", "plan", "seats", "spend"]
+    assert frame["probabilities"].tolist() == probabilities.tolist()
     assert {name: frame[name].tolist() for name in features} == features
 
 
@@ -337,7 +347,7 @@ def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Pat
             {"tenure": np.array([1.5, np.nan, np.inf, *range(7)], dtype=np.float32), "plan": ["pro"] * 10},
             [1] * 10,
             1.0,
-            None,
+            np.array([[0.25, 0.75]] * 9 + [[np.nan, 1.0]], dtype=np.float32),
             T0 + timedelta(seconds=3),
         ),
     ]
@@ -784,9 +794,11 @@ def test_a_log_of_the_old_layout_is_named_not_misread(tmp_path: Path, metrics: C
 def test_a_log_without_the_numbers_column_gets_it_and_reads_old_and_new_rows(
     store: tuple[str, str], metrics: CollectorRegistry
 ) -> None:
-    """Given a table of the layout before float features went to `numbers` (every feature in the JSON) holding
-    one request, then the writer adds the column on its first batch, and read_window returns the old request
-    and the new ones alike."""
+    """Given a table of the layout before float features and probabilities went to bytes (columns `numbers`,
+    `probability_numbers`; everything in the JSON) holding one request, then the writer adds the columns on its
+    first batch, and read_window returns the old request and the new ones alike."""
+    import numpy as np
+
     url, table = store
     if url.startswith("sqlite:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
@@ -795,6 +807,7 @@ def test_a_log_without_the_numbers_column_gets_it_and_reads_old_and_new_rows(
     with engine.begin() as connection:
         old_table.create(connection)
         connection.execute(text(f'ALTER TABLE "{table}" DROP COLUMN numbers'))
+        connection.execute(text(f'ALTER TABLE "{table}" DROP COLUMN probability_numbers'))
         old_request = {"tenure": [7.0, 8.0], "plan": ["pro", "basic"]}
         connection.execute(
             old_table.insert().values(
@@ -805,20 +818,26 @@ def test_a_log_without_the_numbers_column_gets_it_and_reads_old_and_new_rows(
                 n_rows=2,
                 features=old_request,
                 predictions=[0, 1],
+                probabilities=[[0.5, 0.5], [0.25, 0.75]],
                 latency_ms=1.5,
             )
         )
-    assert len(read_window(url, since=T0, table=table)) == 2  # readable before the writer touches it
+    assert len(read_window(url, since=T0, table=table, probabilities=True)) == 2  # readable before the writer
 
     with InferenceLog(url, table=table, registry=metrics) as log:
         log.record(request_rows("new", 10, ts=T0 + timedelta(seconds=1)))
-    assert (log.rows_written, log.rows_dropped) == (10, 0)
+        arr = T0 + timedelta(seconds=2)
+        log.record_columns("arr", "churn", "3", {"tenure": [1.0] * 10}, [0] * 10, np.full((10, 2), 0.5), 1.0, ts=arr)
+    assert (log.rows_written, log.rows_dropped) == (20, 0)
 
     with engine.connect() as connection:
-        assert "numbers" in {column["name"] for column in inspect(connection).get_columns(table)}
-        assert connection.execute(text(f'SELECT COUNT(numbers) FROM "{table}"')).scalar() == 1
+        assert {"numbers", "probability_numbers"} <= {c["name"] for c in inspect(connection).get_columns(table)}
+        counts = connection.execute(text(f'SELECT COUNT(numbers), COUNT(probability_numbers) FROM "{table}"')).one()
     engine.dispose()
-    frame = read_window(url, since=T0, table=table)
+    assert tuple(counts) == (1, 1)  # "new" has float features in bytes, "arr" an array of probabilities
+    frame = read_window(url, since=T0, table=table, probabilities=True)
+    assert frame["probabilities"].tolist() == [[0.5, 0.5], [0.25, 0.75], *([[0.25, 0.75]] * 10), *([[0.5, 0.5]] * 10)]
+    frame = frame[frame["request_id"] != "arr"]
     assert frame[["request_id", "tenure", "plan"]].values.tolist() == [
         ["old", 7.0, "pro"],
         ["old", 8.0, "basic"],
@@ -836,6 +855,21 @@ def test_float_values_that_do_not_fit_their_request_are_named(tmp_path: Path, me
         connection.execute("UPDATE inference_log SET numbers = substr(numbers, 1, 16)")
     with pytest.raises(InferenceLogError, match=r"request 'cut': 2 float values for 10 rows"):
         read_window(url, since=T0)
+
+
+def test_probabilities_that_do_not_fit_their_request_are_named(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given a request whose `probability_numbers` hold 3 values for 10 rows, then read_window with probabilities
+    fails naming the request and the counts (and without them reads the request as before)."""
+    import numpy as np
+
+    url = sqlite_url(tmp_path / "inference_log.db")
+    with InferenceLog(url, registry=metrics) as log:
+        log.record_columns("cut", "churn", "3", {"plan": ["x"] * 10}, [0] * 10, np.full((10, 2), 0.5), 1.0, ts=T0)
+    with sqlite3.connect(tmp_path / "inference_log.db") as connection:
+        connection.execute("UPDATE inference_log SET probability_numbers = substr(probability_numbers, 1, 24)")
+    assert len(read_window(url, since=T0)) == 10
+    with pytest.raises(InferenceLogError, match=r"request 'cut': 3 probabilities for 10 rows"):
+        read_window(url, since=T0, probabilities=True)
 
 
 def test_a_batch_larger_than_one_sqlite_statement_is_written_whole(

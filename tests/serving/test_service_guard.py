@@ -227,6 +227,7 @@ def test_every_served_row_is_logged_after_a_graceful_stop(
         built_bento, tmp_path, SLIPWAY_INFERENCE_LOG_URL=f"sqlite:///{db}", SLIPWAY_FAST_PATH=fast_path
     )
     served_rows = 0
+    answered: dict[str, list[list[float]]] = {}  # request id -> the probabilities in the response
     lock = threading.Lock()
     failures: list[str] = []
     try:
@@ -240,8 +241,10 @@ def test_every_served_row_is_logged_after_a_graceful_stop(
                     if response.status_code != 200:
                         failures.append(f"{response.status_code}: {response.text[:200]}")
                         continue
+                    body = response.json()
                     with lock:
-                        served_rows += len(response.json()["predictions"])
+                        served_rows += len(body["predictions"])
+                        answered[body["request_id"]] = body["probabilities"]
 
         threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
         for thread in threads:
@@ -259,8 +262,11 @@ def test_every_served_row_is_logged_after_a_graceful_stop(
             "SELECT COUNT(*), COUNT(DISTINCT request_id), SUM(n_rows) FROM inference_log"
         ).fetchone()
     assert logged == served_rows and requests == distinct == 300
-    # And it reads back as sent: a 10-row request's features, in the model's order, float for float
-    frame = read_window(f"sqlite:///{db}", since=datetime(2000, 1, 1, tzinfo=UTC))
+    # And it reads back as sent: a 10-row request's features, in the model's order, float for float, and every
+    # request's probabilities as answered (1-row requests store them as JSON, 10-row ones as bytes)
+    frame = read_window(f"sqlite:///{db}", since=datetime(2000, 1, 1, tzinfo=UTC), probabilities=True)
+    logged_probabilities = frame.groupby("request_id", sort=False)["probabilities"].agg(list).to_dict()
+    assert logged_probabilities == answered
     names = example_model.schema.feature_names
     assert list(frame.columns[: len(names)]) == names
     ten_rows = frame.groupby("request_id").filter(lambda request: len(request) == 10)
