@@ -320,6 +320,27 @@ def test_numbers_follow_the_layouts_feature_order_whatever_the_blocks_order() ->
         _numbers(features, np.zeros((2, 2)), ("a", "c"), 2)
 
 
+def test_stored_times_are_the_sqlite_datetime_processors_text() -> None:
+    """Given epoch microseconds across seconds, days, a leap day and before 1970, then the writer's cached
+    formatting gives exactly the text SQLAlchemy's SQLite DATETIME processor gives for the same datetime; a
+    processor of another format is called for every value."""
+    from sqlalchemy.dialects import sqlite
+
+    from serving.inference_log import _from_epoch_us, _StoredTimes
+
+    dialect = sqlite.dialect()
+    processor = inference_log_table(MetaData()).c.ts.type.dialect_impl(dialect).bind_processor(dialect)
+    assert processor is not None
+    stored = _StoredTimes(processor)
+    base = 1_764_460_799_999_998  # 2025-11-29 23:59:59.999998 UTC
+    values = [base + step for step in range(6)] + [951_825_600_000_000, 0, -1, -1_000_000, 1_000_000, base]
+    for value in values:
+        assert stored(value) == processor(_from_epoch_us(value)), value
+    other = _StoredTimes(lambda ts: ts.isoformat())
+    assert other(base) == _from_epoch_us(base).isoformat()
+    assert _StoredTimes(None)(base) == _from_epoch_us(base)
+
+
 def test_sqlites_direct_insert_stores_what_sqlalchemys_types_store(tmp_path: Path, metrics: CollectorRegistry) -> None:
     """Given the same requests (columnar and row lists; numpy values, NaN, infinity, a None prediction, no
     probabilities, an integer beyond 64 bits, the floats of a request large enough to go in bytes) written once
