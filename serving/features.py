@@ -42,9 +42,18 @@ class ModelFeeds:
     floats: np.ndarray | None
 
 
-def model_feeds(features: Sequence[tuple[str, str]], columns: Mapping[str, Any]) -> ModelFeeds:
-    """ONNX Runtime feeds from column-wise values (a DataFrame or a dict of lists/arrays), in the features' order."""
-    float_names = tuple(name for name, dtype in features if dtype == "float")
+def float_feature_names(features: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """The features typed float, in their order: the rows of ModelFeeds.floats."""
+    return tuple(name for name, dtype in features if dtype == "float")
+
+
+def model_feeds(
+    features: Sequence[tuple[str, str]], columns: Mapping[str, Any], float_names: tuple[str, ...] | None = None
+) -> ModelFeeds:
+    """ONNX Runtime feeds from column-wise values (a DataFrame or a dict of lists/arrays), in the features' order.
+    `float_names`: float_feature_names(features), which a caller feeding request after request computes once."""
+    if float_names is None:
+        float_names = float_feature_names(features)
     floats = None
     views: dict[str, np.ndarray] = {}
     if float_names:

@@ -435,13 +435,14 @@ def _metrics_for(registry: CollectorRegistry | None) -> _Metrics:
         return metrics
 
 
-# A request as the writer inserts it: (ts, request_id, model_name, model_version, n_rows, features JSON,
-# numbers bytes or None, predictions JSON, probabilities JSON or None, latency_ms). Encoded on the request
-# thread: a tuple of strings, bytes and numbers is not tracked by Python's cyclic garbage collector, while the
-# request's own dict of lists, kept alive in the queue until the writer runs, was: every worker then paid for
-# collections walking thousands of queued containers (a quarter of one-row throughput, measured).
-# The time as integer microseconds since the epoch (UTC): time.time_ns() costs the request thread a tenth of
-# datetime.now(UTC); the writer makes the datetime (exactly: integer arithmetic, no float seconds).
+# A request as the writer inserts it, in the order of _RAW_COLUMNS: (ts, request_id, model_name, model_version,
+# n_rows, features JSON, numbers bytes or None, predictions JSON, probabilities JSON or None, probability_numbers
+# bytes or None, latency_ms). Encoded on the request thread: a tuple of strings, bytes and numbers is not
+# tracked by Python's cyclic garbage collector, while the request's own dict of lists, kept alive in the queue
+# until the writer runs, was: every worker then paid for collections walking thousands of queued containers (a
+# quarter of one-row throughput, measured). The time is integer microseconds since the epoch (UTC):
+# time.time_ns() costs the request thread a tenth of datetime.now(UTC); the writer makes the datetime (exactly:
+# integer arithmetic, no float seconds).
 _Encoded = tuple[int, str, str, str, int, str, bytes | None, str, str | None, bytes | None, float]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.features import ModelFeeds, model_feeds, onnx_input_type
+from serving.features import ModelFeeds, float_feature_names, model_feeds, onnx_input_type
 from serving.schema import PredictResponse, RequestBase, label_type, request_columns
 from serving.spec import ModelIntegrityError, ServingSpec, verify_model_file
 
@@ -91,6 +91,7 @@ class Predictor:
         self.session = session
         self.spec = spec
         self._features = spec.feature_pairs
+        self._float_names = float_feature_names(self._features)  # once, not per request
         # Regressors may name one output as both label and score; ask ORT for each name once.
         self._outputs = list(dict.fromkeys([spec.label_output, spec.score_output]))
 
@@ -104,7 +105,7 @@ class Predictor:
     def feeds(self, columns: Mapping[str, Sequence[Any]]) -> ModelFeeds:
         """The ONNX Runtime feeds of feature name -> values (already validated): one [rows, 1] array each, the
         float features' views of one block (ModelFeeds.floats, which the inference log stores as it is)."""
-        return model_feeds(self._features, columns)
+        return model_feeds(self._features, columns, self._float_names)
 
     def predict(self, columns: Mapping[str, Sequence[Any]]) -> Prediction:
         """Run the model on feature name -> values (already validated)."""
