@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -567,6 +568,55 @@ def test_queue_full_drops_are_counted_and_reported(
     assert (log.rows_written, count_rows(url, table)) == (100, 100)
     assert sample(metrics, "slipway_inference_log_queue_rows") == 0
     assert any("queue_full=50" in w.getMessage() for w in warnings_of(caplog))
+
+
+def test_a_wake_writes_full_batches_and_leaves_a_partial_one_queued(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given 25 queued requests and batches of 10, when the writer drains after a wake (full batches only), then
+    20 are written and 5 stay queued for the next full batch or the flush interval; a timed-out wait or close()
+    writes them."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, batch_rows=10, registry=metrics)  # not started: drained by hand
+    for i in range(25):
+        log.record(request_rows(f"r{i}", 1))
+    log._drain(full_only=True)
+    assert (log.rows_written, log.queue_rows, count_rows(url, table)) == (20, 5, 20)
+    log._drain(full_only=True)
+    assert (log.rows_written, log.queue_rows) == (20, 5)
+    log.close()
+    assert (log.rows_written, log.queue_rows, log.rows_dropped, count_rows(url, table)) == (25, 0, 0, 25)
+
+
+def test_under_steady_load_the_writer_writes_full_batches(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given one-row requests arriving for a second at a busy worker's pace (one every ~0.3 ms), then every batch
+    the writer writes is a full one, but for the rest written at close. Writing whatever was queued each time
+    round made it chase the requests: 50, 17, 2, 1, 1, 1, 50, 2, 1, 1, ... here, a transaction and a GIL hand-off
+    per handful of rows (94 against 12 us of writer CPU per one-row request, measured)."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, batch_rows=50, flush_interval_s=30.0, registry=metrics)
+    sizes: list[int] = []
+    write = log._write
+
+    def counted(entries: list[Any], n_rows: int) -> bool:
+        sizes.append(len(entries))
+        return write(entries, n_rows)
+
+    log._write = counted  # type: ignore[method-assign]  # observes the batches, writes them for real
+    log.start()
+    requests = 0
+    deadline = time.perf_counter() + 1.0
+    while time.perf_counter() < deadline:
+        time.sleep(0.0002)  # like a server's request thread, it lets go of the GIL between requests
+        log.record(request_rows(f"r{requests}", 1))
+        requests += 1
+    written_before_close = sum(sizes)
+    log.close()
+    assert written_before_close >= 10 * 50, f"only {written_before_close} of {requests} rows written under load"
+    assert set(sizes[:-1]) == {50}, f"batch sizes under load: {sizes[:-1]}"
+    assert (log.rows_written, log.rows_dropped, count_rows(url, table)) == (requests, 0, requests)
 
 
 def test_close_is_idempotent_and_later_records_are_counted(
