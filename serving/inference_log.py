@@ -16,15 +16,15 @@ service gives as a float array go the same way (column `probability_numbers`, fl
 `probabilities` is NULL). read_window reads both forms.
 
 Writing stays off the request's critical work: `InferenceLog.record_columns` (what the service calls; or
-`record_request`, `record`) encodes the request as its table row (orjson and the float block's bytes: ~3 us
-for one row, ~11 us for 100) and appends it to an in-memory deque under a lock held for a
-microsecond, and ONE daemon writer thread per process inserts them in batches (up to `batch_rows` requests
-per transaction: multi-row INSERTs on SQLite, SQLAlchemy's executemany elsewhere) every `flush_interval_s`, or
-sooner once `batch_rows` requests are waiting. The queue is bounded in predicted rows (`max_queue_rows`). Nothing is
-ever silently lost: rows refused because the queue is full (`queue_full`), rows whose batch failed after a
-bounded retry (`write_failed`), rows recorded after close or still queued when close() timed out (`closed`)
-and requests whose values cannot be stored (`invalid`) are counted in attributes and in Prometheus, and the
-writer thread logs a rate-limited warning with the count and the error (request threads never log).
+`record_request`, `record`) encodes the request as its table row (orjson and the float block's bytes: ~3 us for one
+row, ~11 us for 100) and appends it to an in-memory deque under a lock held for a microsecond, and ONE daemon writer
+thread per process inserts them in batches (up to `batch_rows` requests per transaction: multi-row INSERTs on
+SQLite, SQLAlchemy's executemany elsewhere): full batches as soon as `batch_rows` requests are waiting, whatever is
+left every `flush_interval_s`. The queue is bounded in predicted rows (`max_queue_rows`). Nothing is ever silently
+lost: rows refused because the queue is full (`queue_full`), rows whose batch failed after a bounded retry
+(`write_failed`), rows recorded after close or still queued when close() timed out (`closed`) and requests whose
+values cannot be stored (`invalid`) are counted in attributes and in Prometheus, and the writer thread logs a
+rate-limited warning with the count and the error (request threads never log).
 
 A failing store: the failed batch is dropped, then the writer pauses (0.5, 1, 2, then 5 s) instead of
 failing batch after batch in a loop that would burn the worker's CPU and GIL. Rows recorded meanwhile stay
