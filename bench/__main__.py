@@ -77,6 +77,14 @@ def serving(
     log_round_seconds: Annotated[
         float, typer.Option(help="Seconds of measured load per server in each paired round.", min=1)
     ] = 4.0,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            help="Per-request access logs of slipway (BentoML's, SLIPWAY_ACCESS_LOG) and of both MLflow peers "
+            "(uvicorn's, UVICORN_ACCESS_LOG), alike: on as each ships by default; off as `slipway deploy` runs its "
+            "backends (HAProxy logs in front of them).",
+        ),
+    ] = True,
 ) -> None:
     """slipway's endpoint vs `mlflow models serve` (sklearn and onnx flavors), the in-process floor and a bare ASGI
     limit: same model, same rows, same wrk load; each server measured alone on 127.0.0.1."""
@@ -101,6 +109,7 @@ def serving(
         keep_workdir=keep_workdir,
         log_rounds=log_rounds,
         log_round_s=log_round_seconds,
+        access_log=access_log,
     )
     # Not a terminal (make, CI, a log file): wide enough that the tables are not cut.
     console = Console(width=None if sys.stdout.isatty() else 170)

@@ -99,12 +99,30 @@ def build_slipway_bento(model: BenchModel, home: Path) -> SlipwayBento:
     return SlipwayBento(home=home, bento_tag=ref.tag, model_tag=model_tag, model_dir=home / "models" / name / version)
 
 
-def slipway_peer(bento: SlipwayBento, port: int, workers: int, tmp: Path, inference_log: Path | None = None) -> Peer:
-    """slipway's Bento under `bentoml serve`; with `inference_log` (a SQLite file) every served row is logged."""
+def slipway_peer(
+    bento: SlipwayBento,
+    port: int,
+    workers: int,
+    tmp: Path,
+    inference_log: Path | None = None,
+    access_log: bool = True,
+) -> Peer:
+    """slipway's Bento under `bentoml serve`; with `inference_log` (a SQLite file) every served row is logged;
+    `access_log`: BentoML's line per request (on by default, off as `slipway deploy` runs it)."""
     from tasks.package import bentoml_env
 
-    env = {**quiet_env(tmp), **bentoml_env(bento.home), "TMPDIR": str(tmp), "SLIPWAY_WORKERS": str(workers)}
-    notes: tuple[str, ...] = (f"SLIPWAY_WORKERS={workers}", "BentoML threads=1 per worker (serving/service.py)")
+    env = {
+        **quiet_env(tmp),
+        **bentoml_env(bento.home),
+        "TMPDIR": str(tmp),
+        "SLIPWAY_WORKERS": str(workers),
+        "SLIPWAY_ACCESS_LOG": "1" if access_log else "0",
+    }
+    notes: tuple[str, ...] = (
+        f"SLIPWAY_WORKERS={workers}",
+        "BentoML threads=1 per worker (serving/service.py)",
+        f"SLIPWAY_ACCESS_LOG={1 if access_log else 0}",
+    )
     if inference_log is not None:
         env["SLIPWAY_INFERENCE_LOG_URL"] = f"sqlite:///{inference_log}"
         notes = (*notes, "SLIPWAY_INFERENCE_LOG_URL=sqlite:///<work folder>/inference_log.db")
@@ -235,24 +253,39 @@ def mlflow_body(peer: str, form: str) -> Callable[[list[dict[str, Any]]], dict[s
     return body
 
 
-def mlflow_sklearn_peer(models: MlflowModels, port: int, workers: int, tmp: Path, form: str = "auto") -> Peer:
+def _uvicorn_access_log(access_log: bool) -> dict[str, str]:
+    # `mlflow models serve` runs uvicorn's CLI, which reads its options from UVICORN_* variables.
+    return {"UVICORN_ACCESS_LOG": "true" if access_log else "false"}
+
+
+def mlflow_sklearn_peer(
+    models: MlflowModels, port: int, workers: int, tmp: Path, form: str = "auto", access_log: bool = True
+) -> Peer:
     return Peer(
         name="mlflow-sklearn",
         description="mlflow models serve, sklearn flavor (skops)",
         workers=workers,
         command=_mlflow_command(models.sklearn_uri, port, workers),
-        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri},
+        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri, **_uvicorn_access_log(access_log)},
         port=port,
         ready_path="/ping",
         predict_path="/invocations",
         body=mlflow_body("mlflow-sklearn", form),
         answers=lambda answer: (answer["predictions"], None),
         reference="sklearn",
-        notes=(f"-w {workers}", f"body form {form}", "pyfunc predict (labels only)", "column signature enforced"),
+        notes=(
+            f"-w {workers}",
+            f"body form {form}",
+            "pyfunc predict (labels only)",
+            "column signature enforced",
+            f"UVICORN_ACCESS_LOG={str(access_log).lower()}",
+        ),
     )
 
 
-def mlflow_onnx_peer(models: MlflowModels, port: int, workers: int, tmp: Path, form: str = "auto") -> Peer:
+def mlflow_onnx_peer(
+    models: MlflowModels, port: int, workers: int, tmp: Path, form: str = "auto", access_log: bool = True
+) -> Peer:
     # The onnx pyfunc turns a DataFrame into 1-D columns ([N]), which a graph with [N, 1] inputs refuses, and
     # cannot put a [N, 2] probability output into a DataFrame. The logged tensor signature avoids both: the
     # scoring server turns `inputs` ({feature: [[v], ...]}) and both dataframe forms into a dict of [N, 1]
@@ -262,13 +295,18 @@ def mlflow_onnx_peer(models: MlflowModels, port: int, workers: int, tmp: Path, f
         description="mlflow models serve, onnx flavor",
         workers=workers,
         command=_mlflow_command(models.onnx_uri, port, workers),
-        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri},
+        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri, **_uvicorn_access_log(access_log)},
         port=port,
         ready_path="/ping",
         predict_path="/invocations",
         body=mlflow_body("mlflow-onnx", form),
         answers=lambda answer: (answer["predictions"][LABEL], answer["predictions"][PROBABILITIES]),
-        notes=(f"-w {workers}", f"body form {form}", "tensor signature, ORT 1 thread like slipway"),
+        notes=(
+            f"-w {workers}",
+            f"body form {form}",
+            "tensor signature, ORT 1 thread like slipway",
+            f"UVICORN_ACCESS_LOG={str(access_log).lower()}",
+        ),
     )
 
 

@@ -96,6 +96,7 @@ class ServingOptions:
     keep_workdir: bool = False
     log_rounds: int = 7  # paired rounds pricing the inference log (bench.paired); 0: price it from the table
     log_round_s: float = 4.0
+    access_log: bool = True  # slipway's and the MLflow peers' per-request access logs, alike (bench.peers)
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def _prepare_peers(
         step("saving the BentoML model and building the Bento (tasks.package)")
         bento = build_slipway_bento(model, workdir / "bentoml")
     if "slipway" in selected and bento is not None:
-        peers.append(slipway_peer(bento, free_port(), options.workers, tmp))
+        peers.append(slipway_peer(bento, free_port(), options.workers, tmp, access_log=options.access_log))
     if "slipway-logged" in selected and bento is not None:
         # Its own BentoML home: BentoML empties the home's Prometheus folder at start, and two servers sharing
         # one would mix their counters.
@@ -374,16 +375,29 @@ def _prepare_peers(
         shutil.copytree(bento.home, home, symlinks=True)
         logged = dataclasses.replace(bento, home=home)
         peers.append(
-            slipway_peer(logged, free_port(), options.workers, tmp, inference_log=workdir / "inference_log.db")
+            slipway_peer(
+                logged,
+                free_port(),
+                options.workers,
+                tmp,
+                inference_log=workdir / "inference_log.db",
+                access_log=options.access_log,
+            )
         )
     if selected & {"mlflow-onnx", "mlflow-sklearn"}:
         step("logging the onnx and sklearn flavors to a temporary MLflow store")
         mlflow_models = log_mlflow_models(model, workdir / "mlflow")
         if "mlflow-onnx" in selected:
-            peers.append(mlflow_onnx_peer(mlflow_models, free_port(), options.workers, tmp, options.mlflow_onnx_form))
+            peers.append(
+                mlflow_onnx_peer(
+                    mlflow_models, free_port(), options.workers, tmp, options.mlflow_onnx_form, options.access_log
+                )
+            )
         if "mlflow-sklearn" in selected:
             peers.append(
-                mlflow_sklearn_peer(mlflow_models, free_port(), options.workers, tmp, options.mlflow_sklearn_form)
+                mlflow_sklearn_peer(
+                    mlflow_models, free_port(), options.workers, tmp, options.mlflow_sklearn_form, options.access_log
+                )
             )
     if "asgi-limit" in selected and bento is not None:
         for workers in sorted({1, options.workers}):
