@@ -121,7 +121,7 @@ def slipway_peer(
     notes: tuple[str, ...] = (
         f"SLIPWAY_WORKERS={workers}",
         "BentoML threads=1 per worker (serving/service.py)",
-        f"SLIPWAY_ACCESS_LOG={1 if access_log else 0}",
+        f"SLIPWAY_ACCESS_LOG={env['SLIPWAY_ACCESS_LOG']}",
     )
     if inference_log is not None:
         env["SLIPWAY_INFERENCE_LOG_URL"] = f"sqlite:///{inference_log}"
@@ -253,20 +253,22 @@ def mlflow_body(peer: str, form: str) -> Callable[[list[dict[str, Any]]], dict[s
     return body
 
 
-def _uvicorn_access_log(access_log: bool) -> dict[str, str]:
-    # `mlflow models serve` runs uvicorn's CLI, which reads its options from UVICORN_* variables.
-    return {"UVICORN_ACCESS_LOG": "true" if access_log else "false"}
+def _uvicorn_access_log(access_log: bool) -> tuple[str, str]:
+    """The environment variable and value that turn uvicorn's access log on or off: `mlflow models serve` runs
+    uvicorn's CLI, which reads its options from UVICORN_* variables."""
+    return "UVICORN_ACCESS_LOG", "true" if access_log else "false"
 
 
 def mlflow_sklearn_peer(
     models: MlflowModels, port: int, workers: int, tmp: Path, form: str = "auto", access_log: bool = True
 ) -> Peer:
+    access_name, access_value = _uvicorn_access_log(access_log)
     return Peer(
         name="mlflow-sklearn",
         description="mlflow models serve, sklearn flavor (skops)",
         workers=workers,
         command=_mlflow_command(models.sklearn_uri, port, workers),
-        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri, **_uvicorn_access_log(access_log)},
+        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri, access_name: access_value},
         port=port,
         ready_path="/ping",
         predict_path="/invocations",
@@ -278,7 +280,7 @@ def mlflow_sklearn_peer(
             f"body form {form}",
             "pyfunc predict (labels only)",
             "column signature enforced",
-            f"UVICORN_ACCESS_LOG={str(access_log).lower()}",
+            f"{access_name}={access_value}",
         ),
     )
 
@@ -290,12 +292,13 @@ def mlflow_onnx_peer(
     # cannot put a [N, 2] probability output into a DataFrame. The logged tensor signature avoids both: the
     # scoring server turns `inputs` ({feature: [[v], ...]}) and both dataframe forms into a dict of [N, 1]
     # arrays typed per feature, which the flavor feeds as they are and answers with a dict of outputs.
+    access_name, access_value = _uvicorn_access_log(access_log)
     return Peer(
         name="mlflow-onnx",
         description="mlflow models serve, onnx flavor",
         workers=workers,
         command=_mlflow_command(models.onnx_uri, port, workers),
-        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri, **_uvicorn_access_log(access_log)},
+        env={**quiet_env(tmp), "MLFLOW_TRACKING_URI": models.tracking_uri, access_name: access_value},
         port=port,
         ready_path="/ping",
         predict_path="/invocations",
@@ -305,7 +308,7 @@ def mlflow_onnx_peer(
             f"-w {workers}",
             f"body form {form}",
             "tensor signature, ORT 1 thread like slipway",
-            f"UVICORN_ACCESS_LOG={str(access_log).lower()}",
+            f"{access_name}={access_value}",
         ),
     )
 

@@ -946,7 +946,7 @@ class InferenceLog:
         let the writer chase a fast producer: each write took long enough for a few more requests to arrive, so
         it wrote batch after batch of a few rows, a transaction and a GIL hand-off each (one request thread
         queueing 32,000 one-row requests at ~10,000 a second: 8,515 writes of under 50 requests, 94 us of writer
-        CPU and ~35 us more on the request thread per request, against 64 full writes, 12 us and ~2 us)."""
+        CPU and ~35 us more on the request thread per request, against 64 full writes, 9-12 us and ~3 us)."""
         try:
             while True:
                 pause = self._resume_at - time.monotonic()
