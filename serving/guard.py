@@ -247,3 +247,20 @@ def put_guard_in_front() -> bool:
 
     bentoml_app.ServiceAppFactory = GuardInFrontAppFactory
     return True
+
+
+def skip_uvicorn_access_log(logger: logging.Logger | None = None) -> bool:
+    """Stop uvicorn formatting an access line per request that no handler prints; True when it was stopped.
+
+    uvicorn builds each request's access line (client address, quoted path) whenever its `uvicorn.access` logger
+    `hasHandlers()`, which any handler on the root logger makes true. In a BentoML worker that logger has no
+    handler of its own and inherits the root's WARNING level, so the INFO line is dropped after it was built
+    (~2% of a one-row request's worker time, measured with py-spy). Not propagating makes hasHandlers() false
+    for the connections that open afterwards; nothing that was printed stops printing. A logger that has its
+    own handler or is enabled for INFO (someone wants these lines) is left alone.
+    """
+    access = logger if logger is not None else logging.getLogger("uvicorn.access")
+    if access.handlers or access.isEnabledFor(logging.INFO):
+        return False
+    access.propagate = False
+    return True

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import cache
+from operator import itemgetter
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -147,11 +150,23 @@ def request_model(spec: ServingSpec, max_rows: int) -> type[RequestBase]:
     )
 
 
-def request_columns(request: RequestBase) -> dict[str, list[Any]]:
-    """The request as feature name -> values, whichever form it came in."""
+def request_columns(request: RequestBase) -> dict[str, Sequence[Any]]:
+    """The request as feature name -> values (a tuple or a list per feature), whichever form it came in.
+
+    Records are turned into columns in C: each row's values in field order (itemgetter over the model's
+    __dict__), then transposed by zip. A getattr per value in a comprehension per feature took three times as
+    long (~320 against ~110 us for 100 rows of 31 features, ~14 against ~4 us for one row)."""
     records: list[BaseModel] | None = getattr(request, "records", None)
     if records is not None:
-        fields = type(records[0]).model_fields
-        return {info.alias or name: [getattr(row, name) for row in records] for name, info in fields.items()}
+        names, values = _record_layout(type(records[0]))
+        rows = map(values, map(vars, records)) if len(names) > 1 else ((values(vars(r)),) for r in records)
+        return dict(zip(names, zip(*rows, strict=True), strict=True))
     columns: BaseModel = request.columns  # type: ignore[attr-defined]
     return {info.alias or name: getattr(columns, name) for name, info in type(columns).model_fields.items()}
+
+
+@cache
+def _record_layout(record_type: type[BaseModel]) -> tuple[tuple[str, ...], Callable[[dict[str, Any]], Any]]:
+    """A record model's JSON names, and the getter of its values in that order from an instance's __dict__."""
+    fields = record_type.model_fields
+    return tuple(info.alias or name for name, info in fields.items()), itemgetter(*fields)

@@ -39,7 +39,7 @@ from bentoml.models import BentoModel
 
 from serving import fastpath
 from serving.fastpath import FastPredict
-from serving.guard import RequestGuard, put_guard_in_front
+from serving.guard import RequestGuard, put_guard_in_front, skip_uvicorn_access_log
 from serving.inference_log import InferenceLog
 from serving.metrics import service_metrics
 from serving.options import OptionsError, options_from_env
@@ -85,6 +85,8 @@ class SlipwayService:
         self.inference_log = log.start() if log is not None else None
         if OPTIONS.fast_path:
             fastpath.install(FastPredict(self.predictor, PredictRequest, self.metrics, self.inference_log))
+        # In the worker, before its server opens connections: uvicorn decides per connection.
+        skip_uvicorn_access_log()
 
     @bentoml.on_shutdown
     def close_inference_log(self) -> None:

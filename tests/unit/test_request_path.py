@@ -1,0 +1,111 @@
+"""The request path's pieces in-process: records to columns, the model call, uvicorn's access line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from serving.features import feeds_from_columns
+from serving.guard import skip_uvicorn_access_log
+from serving.predictor import Predictor, open_session
+from serving.schema import request_columns, request_model
+from serving.spec import ServingSpec, file_sha256
+
+FEATURES = (("mean radius", "float"), ("schema", "int"), ("band", "string"), ("flag", "bool"))
+
+
+def _spec(features: tuple[tuple[str, str], ...], sha256: str = "0" * 64, **extra: object) -> ServingSpec:
+    return ServingSpec.model_validate(
+        {
+            "model_name": "m",
+            "model_version": "1",
+            "task": "regression",
+            "features": [{"name": n, "dtype": d} for n, d in features],
+            "label_output": "variable",
+            "score_output": "variable",
+            "sha256": sha256,
+            **extra,
+        }
+    )
+
+
+def test_records_become_one_column_per_feature_in_row_order_under_the_json_names() -> None:
+    request_type = request_model(_spec(FEATURES), max_rows=10)
+    rows = [
+        {"mean radius": 1.5, "schema": 3, "band": "a", "flag": True},
+        {"mean radius": -2.0, "schema": 4, "band": "b", "flag": False},
+        {"mean radius": 0.25, "schema": 5, "band": "c", "flag": True},
+    ]
+    columns = request_columns(request_type.model_validate({"records": rows}))
+    assert list(columns) == [name for name, _ in FEATURES]
+    assert {name: list(values) for name, values in columns.items()} == {
+        name: [row[name] for row in rows] for name, _ in FEATURES
+    }
+
+
+def test_one_record_of_one_feature_and_the_columns_form_give_the_same_columns() -> None:
+    request_type = request_model(_spec((("x", "float"),)), max_rows=10)
+    from_records = request_columns(request_type.model_validate({"records": [{"x": 7.0}]}))
+    from_columns = request_columns(request_type.model_validate({"columns": {"x": [7.0]}}))
+    as_lists = [{k: list(v) for k, v in columns.items()} for columns in (from_records, from_columns)]
+    assert as_lists == [{"x": [7.0]}, {"x": [7.0]}]
+
+
+def _doubling_model(path: Path) -> Path:
+    """y = 2 * x over one double input of shape [rows, 1]."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["variable"])],
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 1])],
+        [helper.make_tensor_value_info("variable", TensorProto.DOUBLE, [None, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, path)
+    return path
+
+
+def test_the_predictor_calls_the_compiled_session_and_onnx_runtime_still_refuses_a_missing_input(
+    tmp_path: Path,
+) -> None:
+    path = _doubling_model(tmp_path / "model.onnx")
+    spec = _spec((("x", "float"),), sha256=file_sha256(path))
+    predictor = Predictor(open_session(path), spec)
+    result = predictor.predict({"x": (1.0, 2.5, -4.0)})
+    assert result.predictions == [2.0, 5.0, -8.0]
+    with pytest.raises(Exception, match="x"):  # ORT's own InvalidArgument names the input it lacks
+        predictor._run(predictor._outputs, {}, None)
+    assert np.array_equal(feeds_from_columns(spec.feature_pairs, {"x": (1.0,)})["x"], [[1.0]])
+
+
+@pytest.fixture
+def access_logger() -> logging.Logger:
+    """A stand-in for `uvicorn.access` under a root logger with a handler, as BentoML configures it."""
+    root = logging.getLogger("slipway-test-root")
+    root.handlers = [logging.NullHandler()]
+    root.setLevel(logging.WARNING)
+    access = logging.getLogger("slipway-test-root.access")
+    access.handlers = []
+    access.propagate = True
+    access.setLevel(logging.NOTSET)
+    return access
+
+
+def test_uvicorn_stops_building_access_lines_no_handler_prints(access_logger: logging.Logger) -> None:
+    assert access_logger.hasHandlers()  # what makes uvicorn format a line per request
+    assert skip_uvicorn_access_log(access_logger)
+    assert not access_logger.hasHandlers()
+
+
+def test_an_access_logger_someone_wants_is_left_alone(access_logger: logging.Logger) -> None:
+    access_logger.setLevel(logging.INFO)
+    assert not skip_uvicorn_access_log(access_logger)
+    assert access_logger.propagate
+    access_logger.setLevel(logging.NOTSET)
+    access_logger.addHandler(logging.NullHandler())
+    assert not skip_uvicorn_access_log(access_logger)
+    assert access_logger.propagate
