@@ -75,6 +75,7 @@ def test_the_predictor_calls_the_compiled_session_and_onnx_runtime_still_refuses
     path = _doubling_model(tmp_path / "model.onnx")
     spec = _spec((("x", "float"),), sha256=file_sha256(path))
     predictor = Predictor(open_session(path), spec)
+    assert predictor._run.__self__ is predictor.session._sess  # not the wrapper's per-call checks in Python
     result = predictor.predict({"x": (1.0, 2.5, -4.0)})
     assert result.predictions == [2.0, 5.0, -8.0]
     with pytest.raises(Exception, match="x"):  # ORT's own InvalidArgument names the input it lacks
