@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import subprocess
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,13 @@ def log_training_run(
     import skops.io
     from mlflow.models import infer_signature
 
+    # MLflow hints, for each integer column it infers (here the target and the predicted labels), that an integer
+    # column cannot hold a missing value at inference time. Not so for slipway: its service refuses a missing
+    # value with a 400 whatever the column's type, so the hint is noise in every training log. Ignored by
+    # message, for MLflow's modules only (filterwarnings replaces an identical filter, so once per run).
+    warnings.filterwarnings(
+        "ignore", message="Hint: Inferred schema contains integer column", category=UserWarning, module="mlflow"
+    )
     inputs = train[schema.feature_names]
     signature = infer_signature(inputs.head(100), model.predict(inputs.head(100)))
     # skops refuses types it has not been told to trust; we trust exactly the types of the model we just fitted.
