@@ -153,20 +153,25 @@ def request_model(spec: ServingSpec, max_rows: int) -> type[RequestBase]:
 def request_columns(request: RequestBase) -> dict[str, Sequence[Any]]:
     """The request as feature name -> values (a tuple or a list per feature), whichever form it came in.
 
-    Records are turned into columns in C: each row's values in field order (itemgetter over the model's
+    Records are turned into columns in C: each row's values in field order (one getter call over the model's
     __dict__), then transposed by zip. A getattr per value in a comprehension per feature took three times as
-    long (~320 against ~110 us for 100 rows of 31 features, ~14 against ~4 us for one row)."""
+    long (219 against 75 us for 100 rows of 31 features, 12.5 against 4.2 us for one row)."""
     records: list[BaseModel] | None = getattr(request, "records", None)
     if records is not None:
-        names, values = _record_layout(type(records[0]))
-        rows = map(values, map(vars, records)) if len(names) > 1 else ((values(vars(r)),) for r in records)
-        return dict(zip(names, zip(*rows, strict=True), strict=True))
+        names, values = _field_layout(type(records[0]))
+        return dict(zip(names, zip(*map(values, map(vars, records)), strict=True), strict=True))
     columns: BaseModel = request.columns  # type: ignore[attr-defined]
-    return {info.alias or name: getattr(columns, name) for name, info in type(columns).model_fields.items()}
+    names, values = _field_layout(type(columns))
+    return dict(zip(names, values(vars(columns)), strict=True))
 
 
 @cache
-def _record_layout(record_type: type[BaseModel]) -> tuple[tuple[str, ...], Callable[[dict[str, Any]], Any]]:
-    """A record model's JSON names, and the getter of its values in that order from an instance's __dict__."""
-    fields = record_type.model_fields
-    return tuple(info.alias or name for name, info in fields.items()), itemgetter(*fields)
+def _field_layout(model_type: type[BaseModel]) -> tuple[tuple[str, ...], Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """A request model's JSON names, and the getter of its values in that order, as a tuple, from an instance's
+    __dict__ (itemgetter returns a bare value for a single name; the layout wraps that case once, here)."""
+    fields = tuple(model_type.model_fields)
+    names = tuple(model_type.model_fields[name].alias or name for name in fields)
+    if len(fields) == 1:
+        (only,) = fields
+        return names, lambda values: (values[only],)
+    return names, itemgetter(*fields)

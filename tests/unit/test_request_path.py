@@ -19,7 +19,7 @@ from serving.spec import ServingSpec, file_sha256
 FEATURES = (("mean radius", "float"), ("schema", "int"), ("band", "string"), ("flag", "bool"))
 
 
-def _spec(features: tuple[tuple[str, str], ...], sha256: str = "0" * 64, **extra: object) -> ServingSpec:
+def _spec(features: tuple[tuple[str, str], ...], sha256: str = "0" * 64) -> ServingSpec:
     return ServingSpec.model_validate(
         {
             "model_name": "m",
@@ -29,7 +29,6 @@ def _spec(features: tuple[tuple[str, str], ...], sha256: str = "0" * 64, **extra
             "label_output": "variable",
             "score_output": "variable",
             "sha256": sha256,
-            **extra,
         }
     )
 
