@@ -235,6 +235,12 @@ class ServingSettings(Section):
     inference_log_url: str | None = Field(
         None, description="SQLAlchemy URL of the inference log. Default: a SQLite file under project.home."
     )
+    inference_log_retention_days: float | None = Field(
+        30.0,
+        gt=0,
+        description="Requests logged longer ago than this are deleted by each monitor run (and `slipway log "
+        "prune`), so the log stops growing; null: keep everything. At least monitor.window_minutes.",
+    )
     deploy_on_release: bool = Field(False, description="Serve the new champion when a release promotes one.")
     target: Literal["local", "remote"] = Field(
         "local",
@@ -381,6 +387,16 @@ class Settings(Section):
     serving: ServingSettings = ServingSettings()
     monitor: MonitorSettings = MonitorSettings()
     stack: StackSettings = StackSettings()
+
+    @model_validator(mode="after")
+    def _retention_covers_the_window(self) -> Settings:
+        days = self.serving.inference_log_retention_days
+        if days is not None and days * 24 * 60 < self.monitor.window_minutes:
+            raise ValueError(
+                f"serving.inference_log_retention_days ({days:g} days) is shorter than monitor.window_minutes "
+                f"({self.monitor.window_minutes:g} minutes): the monitor would judge rows the retention deletes"
+            )
+        return self
 
     # Derived locations. Properties, not fields, so that one `project.home` moves all of them.
     @property

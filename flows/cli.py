@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration: merged values and the schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+log_app = typer.Typer(help="The inference log: what serving saw, one table row per request.", no_args_is_help=True)
+app.add_typer(log_app, name="log")
 
 EnvOption = Annotated[
     str | None,
@@ -391,6 +393,55 @@ def monitor_cmd(
     except (SlipwayError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     console.print(verdict.to_markdown(), highlight=False)
+
+
+@log_app.command("prune")
+def log_prune(
+    older_than_days: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than-days",
+            help="Delete requests logged longer ago than this (default: serving.inference_log_retention_days).",
+            min=0,
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+    env: EnvOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete old requests from the inference log in short transactions, so serving keeps logging meanwhile.
+    Each monitor run does the same with serving.inference_log_retention_days; this is for doing it now."""
+    loaded = _load(env, config)
+    s = loaded.settings
+    days = older_than_days if older_than_days is not None else s.serving.inference_log_retention_days
+    if days is None:
+        err.print(
+            "nothing to prune by: serving.inference_log_retention_days is null (keep everything); "
+            "pass --older-than-days",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    from datetime import UTC, datetime, timedelta
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from serving.inference_log import InferenceLogError
+    from tasks.observe import prune_inference_log
+
+    before = datetime.now(UTC) - timedelta(days=days)
+    columns = (TextColumn("deleting requests"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=dry_run) as bar:
+        job = bar.add_task("prune", total=None)
+        try:
+            result = prune_inference_log.fn(
+                s.inference_log_url,
+                before,
+                dry_run=dry_run,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )
+        except InferenceLogError as exc:
+            raise _fail(exc) from None
+    console.print(result.line(), highlight=False)
 
 
 @app.command("sync")

@@ -147,6 +147,15 @@ def monitor_flow(
     observe.save_state(s.monitor_dir, next_state)
 
     _record(ctx, verdict, report, outcome)
+
+    # Housekeeping, after the verdict is recorded and acted on: a failure here is logged, and the next run tries again.
+    retention = s.serving.inference_log_retention_days
+    if retention is not None:
+        pruned = observe.prune_inference_log(s.inference_log_url, now - timedelta(days=retention), return_state=True)
+        if pruned.is_completed():
+            log.info("inference log retention (%g days): %s", retention, pruned.result().line())
+        else:
+            log.error("inference log retention (%g days) failed: %s", retention, pruned.message)
     return verdict
 
 

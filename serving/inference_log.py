@@ -97,7 +97,9 @@ from sqlalchemy import (
     bindparam,
     cast,
     create_engine,
+    delete,
     event,
+    func,
     inspect,
     null,
     select,
@@ -130,6 +132,10 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")  # room for "ix_<tabl
 
 class InferenceLogError(RuntimeError):
     """The inference log cannot be read (no database, no table, ambiguous columns); the message says which."""
+
+
+class InferenceLogUnreachable(InferenceLogError):
+    """The log's store did not answer (refused or lost connection, locked or unreadable file): not "nothing logged"."""
 
 
 def _utc_now() -> datetime:
@@ -1186,6 +1192,10 @@ def _fetch(url: str, query_for: Callable[[Table, set[str]], Any], table: str) ->
             present = {column["name"] for column in inspector.get_columns(table)}
             _check_layout(present, table, safe_url(parsed))
             return list(connection.execute(query_for(inference_log_table(MetaData(), table), present)))
+    except DBAPIError as error:
+        raise InferenceLogUnreachable(
+            f"cannot read the inference log at {safe_url(parsed)}: {_describe(error, parsed.password)}"
+        ) from None
     finally:
         engine.dispose()
 
@@ -1335,3 +1345,97 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+# --- retention ------------------------------------------------------------------------------------------------
+
+# Requests deleted per transaction by prune_log. Each chunk is one short write transaction, so serving's writers
+# (which take turns on SQLite's write lock, with a 5 s busy timeout) wait milliseconds for it, never seconds: a
+# single DELETE of a month's rows would hold the lock for as long as it takes to free gigabytes of pages.
+PRUNE_CHUNK_REQUESTS = 1000
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What prune_log deleted: the requests (table rows) logged before `before` and the predictions they held."""
+
+    where: str  # the store (password hidden) and table
+    before: datetime
+    requests: int
+    rows: int
+    seconds: float
+    dry_run: bool = False
+    found: bool = True  # False: no log database or table there yet, so nothing to delete
+
+    def line(self) -> str:
+        """One line for a log or a terminal."""
+        if not self.found:
+            return f"nothing to prune: no inference log at {self.where} yet"
+        verb = "would delete" if self.dry_run else "deleted"
+        return (
+            f"{verb} {self.requests:,} requests ({self.rows:,} predictions) logged before "
+            f"{_as_utc(self.before):%Y-%m-%d %H:%M:%S} UTC from {self.where}"
+            + ("" if self.dry_run else f" in {self.seconds:.1f} s")
+        )
+
+
+def prune_log(
+    url: str,
+    before: datetime,
+    table: str = "inference_log",
+    *,
+    chunk_requests: int = PRUNE_CHUNK_REQUESTS,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PruneResult:
+    """Delete the requests logged before `before` (naive: UTC), oldest first, in transactions of at most
+    `chunk_requests` requests, so that serving keeps writing meanwhile. `progress(requests, total)` is called
+    after each chunk. With `dry_run` only count them. A missing database or table deletes nothing (found=False).
+
+    Freed pages are reused by later inserts, so a SQLite file stops growing once retention deletes as much as
+    serving writes; it does not shrink (VACUUM it while nothing serves to give the space back)."""
+    if chunk_requests < 1:
+        raise ValueError(f"chunk_requests must be at least 1, not {chunk_requests}")
+    started = time.monotonic()
+    parsed = make_url(url)
+    where = f"{safe_url(parsed)} table {table}"
+    cutoff = _as_utc(before)
+    database = _sqlite_file(parsed)
+    if database is not None and not database.exists():  # connecting would create the file
+        return PruneResult(where, cutoff, 0, 0, 0.0, dry_run, found=False)
+    t = inference_log_table(MetaData(), table)
+    engine = create_log_engine(parsed, writer=False)
+    try:
+        with engine.connect() as connection:
+            inspector = inspect(connection)
+            if not inspector.has_table(table):
+                return PruneResult(where, cutoff, 0, 0, 0.0, dry_run, found=False)
+            _check_layout({column["name"] for column in inspector.get_columns(table)}, table, safe_url(parsed))
+            total, total_rows = connection.execute(
+                select(func.count(), func.coalesce(func.sum(t.c.n_rows), 0)).where(t.c.ts < cutoff)
+            ).one()
+            connection.rollback()  # end the read: on SQLite it would hold back serving's WAL checkpoints
+        if dry_run:
+            return PruneResult(where, cutoff, int(total), int(total_rows), time.monotonic() - started, True)
+        requests = rows = 0
+        oldest = select(t.c.id, t.c.n_rows).where(t.c.ts < cutoff).order_by(t.c.ts).limit(chunk_requests)
+        while True:
+            with engine.begin() as connection:
+                chunk = connection.execute(oldest).all()
+                if chunk:
+                    connection.execute(delete(t).where(t.c.id.in_([row.id for row in chunk])))
+            if not chunk:
+                break
+            requests += len(chunk)
+            rows += sum(row.n_rows for row in chunk)
+            if progress is not None:
+                progress(requests, max(requests, int(total)))
+            if len(chunk) < chunk_requests:
+                break
+    except DBAPIError as error:
+        raise InferenceLogUnreachable(f"pruning {where}: {_describe(error, parsed.password)}") from None
+    finally:
+        engine.dispose()
+    result = PruneResult(where, cutoff, requests, rows, time.monotonic() - started)
+    _LOG.info("inference log: %s", result.line())
+    return result

@@ -95,3 +95,7 @@ class BackendNotReady(ServingError):
 
 class MonitorStateError(SlipwayError):
     """The monitor's own state file is unreadable; the message names the file and how to reset it."""
+
+
+class InferenceLogUnavailable(SlipwayError):
+    """The inference log's store did not answer, so what serving saw cannot be judged; the message names the store."""

@@ -21,12 +21,15 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import MonitorStateError
+from tasks.errors import InferenceLogUnavailable, MonitorStateError
 from tasks.monitor import GuardState, MonitorVerdict, RequestHistogram, RetrainOutcome, request_histogram
 from tasks.resources import Registry
 from tasks.types import HistoryEntry, Result
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from serving.inference_log import PruneResult
     from tasks.monitor import DriftRun
 
 REFERENCE_ARTIFACT = "slipway/reference.parquet"
@@ -159,16 +162,29 @@ def probe(base_url: str, rows: pd.DataFrame, requests: int, api_key: str | None 
 
 
 def read_live_window(url: str, since: datetime, until: datetime, model_version: str | None) -> pd.DataFrame:
-    """The logged rows of `model_version` in [since, until) without probe traffic; an empty frame when none."""
-    from serving.inference_log import InferenceLogError, read_window
+    """The logged rows of `model_version` in [since, until) without probe traffic; an empty frame when none (or no
+    log yet). A store that does not answer is InferenceLogUnavailable: judging it as "no traffic" would hide it."""
+    from serving.inference_log import InferenceLogError, InferenceLogUnreachable, read_window
 
     try:
         frame = read_window(url, since, until, model_version=model_version)
+    except InferenceLogUnreachable as exc:  # a store that is down is not "nothing logged yet"
+        raise InferenceLogUnavailable(str(exc)) from None
     except InferenceLogError:
         return pd.DataFrame()
     if frame.empty:
         return frame
     return frame[~frame["request_id"].astype(str).str.startswith("probe-")].reset_index(drop=True)
+
+
+@task(name="prune-inference-log", cache_policy=NO_CACHE)
+def prune_inference_log(
+    url: str, before: datetime, dry_run: bool = False, progress: Callable[[int, int], None] | None = None
+) -> PruneResult:
+    """Delete the logged requests older than `before` (the retention), in short transactions beside serving."""
+    from serving.inference_log import prune_log
+
+    return prune_log(url, before, dry_run=dry_run, progress=progress)
 
 
 # --- what the serving version was trained on -----------------------------------------------------------------

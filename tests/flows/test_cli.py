@@ -12,7 +12,9 @@ from flows.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["release"], ["promote"], ["rollback"], ["history"], ["config"]])
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["release"], ["promote"], ["rollback"], ["history"], ["config"], ["log", "prune"]]
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -56,3 +58,35 @@ def test_remote_serving_status_reads_the_url_and_stop_refuses(home: Path, tmp_pa
     stop = runner.invoke(app, ["stop", "--config", str(overlay)])
     assert stop.exit_code == 2
     assert "serving.target is remote" in stop.output
+
+
+def test_log_prune_counts_then_deletes_what_is_older_than_asked(home: Path) -> None:
+    # Given two requests logged 40 days ago and one today, `slipway log prune --dry-run` counts the two and deletes
+    # nothing; `slipway log prune` (the 30-day default retention) deletes them; a null retention needs the option.
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import CollectorRegistry
+
+    from serving.inference_log import InferenceLog, LoggedRow, read_window, sqlite_url
+
+    url = sqlite_url(home / "inference_log.db")
+    log = InferenceLog(url, registry=CollectorRegistry()).start()
+    now = datetime.now(UTC)
+    for request_id, age in (("a", 40), ("b", 40), ("c", 0)):
+        log.record([LoggedRow(request_id, "m", "1", 0, {"x": 1.0}, 0, 1.0, ts=now - timedelta(days=age))])
+    log.close(timeout_s=30)
+
+    counted = runner.invoke(app, ["log", "prune", "--dry-run"])
+    assert counted.exit_code == 0, counted.output
+    assert "would delete 2 requests (2 predictions) logged before" in counted.output
+    assert len(read_window(url, now - timedelta(days=365))) == 3
+
+    pruned = runner.invoke(app, ["log", "prune"])
+    assert pruned.exit_code == 0, pruned.output
+    assert "deleted 2 requests (2 predictions)" in pruned.output
+    assert list(read_window(url, now - timedelta(days=365))["request_id"]) == ["c"]
+
+    forever = home.parent / "forever.yaml"
+    forever.write_text("serving:\n  inference_log_retention_days: null\n")
+    refused = runner.invoke(app, ["log", "prune", "--config", str(forever)])
+    assert refused.exit_code == 2 and "--older-than-days" in refused.output

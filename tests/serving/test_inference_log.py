@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from serving.inference_log import (
     LoggedRequest,
     LoggedRow,
     inference_log_table,
+    prune_log,
     read_window,
     sqlite_url,
 )
@@ -726,6 +728,99 @@ def test_worker_processes_share_one_sqlite_file_while_monitoring_reads(tmp_path:
     assert count_rows(url, "inference_log") == 12_000
     assert reads, "the reader never saw the table"
     assert all(n_rows <= 12_000 for _, n_rows in reads)
+
+
+# ---------------------------------------------------------------- retention
+
+
+def log_requests(url: str, table: str, metrics: CollectorRegistry, stamps: list[tuple[str, datetime, int]]) -> None:
+    """Write one request per (request id, time, rows) through the real writer, and wait for it."""
+    log = InferenceLog(url, table=table, registry=metrics).start()
+    for request_id, ts, n in stamps:
+        log.record(request_rows(request_id, n, ts=ts))
+    log.close(timeout_s=30)
+    assert log.rows_dropped == 0
+
+
+def test_prune_deletes_the_requests_before_the_cutoff_in_chunks_and_keeps_the_rest(
+    store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given 7 requests logged 40 days ago and 3 logged today, when the log is pruned at 30 days in chunks of 3,
+    then the 7 old ones (and only they) are gone, counted in requests and predictions, and progress was reported
+    per chunk."""
+    url, table = store
+    now = datetime.now(UTC)
+    old = [(f"old-{i}", now - timedelta(days=40, minutes=i), 1 + i) for i in range(7)]
+    new = [(f"new-{i}", now - timedelta(minutes=i), 2) for i in range(3)]
+    log_requests(url, table, metrics, old + new)
+    progress: list[tuple[int, int]] = []
+
+    counted = prune_log(url, now - timedelta(days=30), table, dry_run=True)
+    cutoff = now - timedelta(days=30)
+    result = prune_log(
+        url, cutoff, table, chunk_requests=3, progress=lambda done, total: progress.append((done, total))
+    )
+
+    assert (counted.requests, counted.rows, counted.dry_run) == (7, 28, True)
+    assert (result.requests, result.rows, result.found) == (7, 1 + 2 + 3 + 4 + 5 + 6 + 7, True)
+    assert progress == [(3, 7), (6, 7), (7, 7)]
+    kept = read_window(url, since=now - timedelta(days=365), table=table)
+    assert sorted(set(kept["request_id"])) == ["new-0", "new-1", "new-2"]
+    assert count_rows(url, table) == 6
+    assert "deleted 7 requests (28 predictions) logged before" in result.line()
+    assert prune_log(url, now - timedelta(days=30), table).requests == 0  # nothing left to delete
+
+
+def test_prune_of_a_log_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    """Given no log file, when it is pruned, then nothing is created and the result says there was no log."""
+    path = tmp_path / "never" / "inference_log.db"
+
+    result = prune_log(sqlite_url(path), datetime.now(UTC))
+
+    assert not result.found and result.requests == 0
+    assert not path.exists() and not path.parent.exists()
+    assert "no inference log at" in result.line()
+
+
+def test_prune_beside_serving_writers_loses_no_new_row(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given 20,000 old requests in a SQLite log and a writer logging new requests as fast as it can, when the old
+    ones are pruned in chunks of 500 meanwhile, then the writer's batches land between the chunks (the prune never
+    holds the write lock for the whole deletion), every new row is written and only the old ones are gone."""
+    url, table = sqlite_url(tmp_path / "log.db"), "inference_log"
+    old_ts = datetime.now(UTC) - timedelta(days=60)
+    log_requests(url, table, metrics, [(f"old-{i}", old_ts + timedelta(seconds=i), 5) for i in range(20_000)])
+    writer = InferenceLog(url, table=table, registry=metrics, batch_rows=50, flush_interval_s=0.01).start()
+    stop = threading.Event()
+    served = 0
+
+    def serve() -> None:
+        nonlocal served
+        while not stop.is_set():
+            writer.record(request_rows(f"new-{served}", 5))
+            served += 1
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    written_at_chunk: list[int] = []
+    try:
+        result = prune_log(
+            url,
+            datetime.now(UTC) - timedelta(days=30),
+            table,
+            chunk_requests=500,
+            progress=lambda _done, _total: written_at_chunk.append(writer.rows_written),
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        writer.close(timeout_s=30)
+
+    assert result.requests == 20_000 and len(written_at_chunk) == 40
+    grew = sum(b > a for a, b in itertools.pairwise(written_at_chunk))
+    assert grew >= 5, f"the writer wrote between only {grew} of 39 pairs of chunks: {written_at_chunk}"
+    assert served > 0 and (writer.rows_written, writer.rows_dropped) == (served * 5, 0), writer.last_error
+    assert count_rows(url, table) == served * 5
 
 
 # ---------------------------------------------------------------- reading

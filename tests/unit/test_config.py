@@ -73,6 +73,20 @@ def test_cross_field_rule_is_reported(tmp_path: Path) -> None:
         load_config(overlay=bad, environ={})
 
 
+def test_a_retention_shorter_than_the_monitor_window_is_refused_naming_both(tmp_path: Path) -> None:
+    # Given a retention of 30 minutes against the monitor's 60-minute window, when loading, then the error names
+    # the file and both fields with their values; null (keep everything) is accepted.
+    bad = _write(tmp_path, "serving:\n  inference_log_retention_days: 0.02\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(overlay=bad, environ={})
+    message = str(info.value)
+    assert str(bad) in message
+    assert "serving.inference_log_retention_days (0.02 days) is shorter than monitor.window_minutes (60" in message
+    forever = _write(tmp_path, "serving:\n  inference_log_retention_days: null\n")
+    assert load_config(overlay=forever, environ={}).settings.serving.inference_log_retention_days is None
+    assert load_config(environ={}).settings.serving.inference_log_retention_days == 30.0
+
+
 def test_api_keys_are_secret_and_left_out_of_the_hash() -> None:
     with_key = load_config(environ={"SLIPWAY__SERVING__API_KEYS": '["s3cr3t"]'})
     without = load_config(environ={})
