@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -44,6 +46,9 @@ ConfigOption = Annotated[
 ]
 
 
+_MAX_DAYS = 36_500  # a century: further back than any log, and inside what datetime arithmetic can represent
+
+
 def _load(env: str | None, config: Path | None) -> LoadedConfig:
     """Validated config, or a clear error naming file and field and exit code 2; then the process environment."""
     try:
@@ -55,6 +60,15 @@ def _load(env: str | None, config: Path | None) -> LoadedConfig:
     for key, value in process_environment(loaded.settings).items():
         os.environ.setdefault(key, value)
     return loaded
+
+
+def _table(title: str, *columns: str) -> Table:
+    """A table whose long cells (paths, Bento tags, actors) wrap onto more lines instead of being cut with an
+    ellipsis: output that is not a terminal (a pipe, a file, `make`) is 80 columns wide."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -188,11 +202,13 @@ def history(
         for entry in entries:
             console.print(entry.model_dump_json(), highlight=False, soft_wrap=True)
         return
-    table = Table(title=f"promotion history: {loaded.settings.model.name}")
-    for column in ("when (UTC)", "action", "moves", "actor", "status", "reason"):
-        table.add_column(column)
+    table = _table(
+        f"promotion history: {loaded.settings.model.name}", "when (UTC)", "action", "moves", "actor", "status", "reason"
+    )
     for entry in entries:
-        moves = ", ".join(f"{m.alias}: v{m.from_version or '-'} -> v{m.to_version}" for m in entry.moves)
+        moves = ", ".join(
+            f"{m.alias}: {'v' + m.from_version if m.from_version else '(none)'} -> v{m.to_version}" for m in entry.moves
+        )
         table.add_row(
             entry.at.strftime("%Y-%m-%d %H:%M:%S"), entry.action, moves, entry.actor, entry.status, entry.reason
         )
@@ -203,6 +219,7 @@ def history(
 def models(env: EnvOption = None, config: ConfigOption = None) -> None:
     """List the registered versions of the configured model with their aliases, status and Bento tag."""
     loaded = _load(env, config)
+    from tasks.registry import TAG_ROLLED_BACK
     from tasks.resources import registry_from_settings
 
     reg = registry_from_settings(loaded.settings)
@@ -210,16 +227,19 @@ def models(env: EnvOption = None, config: ConfigOption = None) -> None:
     by_version: dict[str, list[str]] = {}
     for alias, version in reg.aliases(name).items():
         by_version.setdefault(version, []).append(alias)
-    table = Table(title=f"{name} at {loaded.settings.tracking_uri}")
-    for column in ("version", "aliases", "status", "gates", "onnx", "bento"):
-        table.add_column(column)
+    table = _table(
+        f"{name} at {loaded.settings.tracking_uri}", "version", "aliases", "status", "gates", "onnx", "bento"
+    )
     versions = reg.client.search_model_versions(f"name = '{name}'") if reg.model_exists(name) else []
     for mv in sorted(versions, key=lambda v: int(v.version)):
         tags = mv.tags
+        status = tags.get("slipway.status", "")
+        if TAG_ROLLED_BACK in tags:  # a rollback moved the champion away from it: a rollback never returns to it
+            status = f"rolled back ({tags[TAG_ROLLED_BACK]})" if tags[TAG_ROLLED_BACK] else "rolled back"
         table.add_row(
             str(mv.version),
             ", ".join(sorted(by_version.get(str(mv.version), []))),
-            tags.get("slipway.status", ""),
+            status,
             tags.get("slipway.gates", ""),
             tags.get("slipway.optimize.variant", ""),
             tags.get("slipway.bento.tag", ""),
@@ -305,13 +325,20 @@ def status(
 @app.command("stop")
 def stop_cmd(env: EnvOption = None, config: ConfigOption = None) -> None:
     """Stop serving: the front stops listening and finishes the requests in flight, then every server stops."""
-    if _load(env, config).settings.serving.target == "remote":
+    settings = _load(env, config).settings
+    if settings.serving.target == "remote":
         err.print(
             "[bold red]error:[/] serving.target is remote: slipway does not run that serving, so it does not stop "
             "it; scale it down on its platform (e.g. kubectl scale deployment/slipway-serving --replicas=0)",
             highlight=False,
         )
         raise typer.Exit(2)
+    from tasks.deploy import serving_status
+
+    current = serving_status(settings.home)
+    if current.state is None and not current.orphans:  # nothing to stop: no flow run, no Prefect server to start
+        console.print("nothing was serving", highlight=False)
+        return
     from flows.deploy import stop as stop_flow
     from tasks.errors import SlipwayError
 
@@ -402,15 +429,19 @@ def log_prune(
         typer.Option(
             "--older-than-days",
             help="Delete requests logged longer ago than this (default: serving.inference_log_retention_days).",
-            min=0,
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
     env: EnvOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Delete old requests from the inference log in short transactions, so serving keeps logging meanwhile.
-    Each monitor run does the same with serving.inference_log_retention_days; this is for doing it now."""
+    """Delete old requests from the inference log.
+
+    Oldest first, in short transactions, so serving keeps logging meanwhile. Each monitor run does the same with
+    serving.inference_log_retention_days; this is for doing it now."""
+    if older_than_days is not None and not (math.isfinite(older_than_days) and 0 <= older_than_days <= _MAX_DAYS):
+        err.print(f"--older-than-days must be a number from 0 to {_MAX_DAYS:,}, not {older_than_days}", highlight=False)
+        raise typer.Exit(2)
     loaded = _load(env, config)
     s = loaded.settings
     days = older_than_days if older_than_days is not None else s.serving.inference_log_retention_days
@@ -484,9 +515,10 @@ def report_cmd(
 
             webbrowser.open(target.resolve().as_uri())
         return
-    table = Table(title=f"monitor verdicts ({loaded.settings.model.name})")
-    for column in ("decided (UTC)", "version", "status", "action", "rows", "drift share", "report"):
-        table.add_column(column)
+    table = _table(
+        f"monitor verdicts ({loaded.settings.model.name})",
+        *("decided (UTC)", "version", "status", "action", "rows", "drift share", "report"),
+    )
     for record in records[-limit:]:
         table.add_row(
             f"{record.decided_at:%Y-%m-%d %H:%M:%S}",
@@ -909,8 +941,25 @@ def _print_stack(processes: list[ComponentStatus]) -> None:
         console.print(f"[bold]{process.title:>14}[/]  {state}  pid {process.pid}{extra}  {where}", highlight=False)
 
 
+class _DomainErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed flow or task run's exception with its traceback. For slipway's own errors (no such
+    version, a failed gate, a refused rollback) the message says everything, and the command prints it once more
+    as its last line: keep Prefect's line, drop the 20 lines of stack. Other exceptions keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import SlipwayError
+
+        if record.exc_info and isinstance(record.exc_info[1], SlipwayError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def main() -> None:
     """Console-script entry point."""
+    quiet = _DomainErrorsWithoutTraceback()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(quiet)
     app(prog_name="slipway")
 
 

@@ -22,6 +22,8 @@ def deploy(
     s = ctx.settings
     target = resolve_target(ctx.registry, s.model.name, s.promotion.champion_alias, s.bentoml_home, version)
     log.info("deploying %s v%s (%s): Bento %s", s.model.name, target.registry_version, target.reason, target.bento.tag)
+    if target.warning:
+        log.warning(target.warning)
     result = deploy_bento(
         target.bento.tag, s.serving, s.home, s.bentoml_home, s.inference_log_url, ready_timeout_s=ready_timeout_s
     )

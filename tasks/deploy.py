@@ -55,6 +55,7 @@ from serving.spec import MODEL_FILE, ModelIntegrityError, read_spec, verify_mode
 from tasks.errors import BackendNotReady, FrontUnavailable, RegistryError, ServingError
 from tasks.locks import file_lock
 from tasks.package import split_tag, stored_model_dir
+from tasks.registry import TAG_ROLLED_BACK
 from tasks.resources import Registry
 from tasks.types import Result
 
@@ -89,6 +90,7 @@ class DeployTarget(Result):
     bento: BentoInfo
     registry_version: str
     reason: str
+    warning: str | None = None  # e.g. the version was rolled back: served as asked, said out loud
 
 
 class BackendProcess(Result):
@@ -283,7 +285,13 @@ def resolve_target(
             f"{bento.model_version} ({bento.model_tag}); fix the {TAG_BENTO} tag or release v{version} again"
         )
     check_release_hash(bentoml_home, bento, tags, f"{model_name} v{version}")
-    return DeployTarget(bento=bento, registry_version=str(version), reason=reason)
+    warning = None
+    if TAG_ROLLED_BACK in tags:
+        warning = (
+            f"{model_name} v{version} was rolled back ({tags[TAG_ROLLED_BACK]}); serving it as asked, but the "
+            f"{champion_alias} alias points at v{registry.aliases(model_name).get(champion_alias, '(none)')}"
+        )
+    return DeployTarget(bento=bento, registry_version=str(version), reason=reason, warning=warning)
 
 
 def check_release_hash(bentoml_home: Path, bento: BentoInfo, tags: dict[str, str], what: str) -> None:

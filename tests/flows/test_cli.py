@@ -90,3 +90,15 @@ def test_log_prune_counts_then_deletes_what_is_older_than_asked(home: Path) -> N
     forever.write_text("serving:\n  inference_log_retention_days: null\n")
     refused = runner.invoke(app, ["log", "prune", "--config", str(forever)])
     assert refused.exit_code == 2 and "--older-than-days" in refused.output
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e9"])
+def test_log_prune_refuses_an_age_it_cannot_use_naming_the_option(home: Path, value: str) -> None:
+    result = runner.invoke(app, ["log", "prune", "--older-than-days", value])
+    assert result.exit_code == 2 and "--older-than-days must be a number from 0 to 36,500" in result.output
+
+
+def test_stop_with_nothing_serving_says_so_without_a_flow_run(home: Path) -> None:
+    # No state and no backends: nothing to stop, so no flow run (and no temporary Prefect server to start).
+    result = runner.invoke(app, ["stop"])
+    assert result.exit_code == 0 and result.output.strip() == "nothing was serving"

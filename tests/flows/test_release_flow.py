@@ -175,6 +175,15 @@ def test_promote_and_two_rollbacks_through_the_flows(home: Path, monkeypatch: py
     assert reg.aliases(CLASSIFIER)["champion"] == versions[2]
     actions = [e.action for e in read_history(reg, CLASSIFIER)]
     assert actions == ["release", "release", "release", "rollback", "rollback", "promote"]
+    # `slipway models` says which version was rolled back and why; the promotion cleared it for versions[2].
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    listed = CliRunner().invoke(app, ["models"])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[1]: line for line in listed.output.splitlines() if line.startswith("│ ")}
+    assert "rolled back" in rows[versions[1]] and "rolled back" not in rows[versions[2]], listed.output
 
 
 def test_regression_example_releases(home: Path) -> None:
