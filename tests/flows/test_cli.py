@@ -102,3 +102,26 @@ def test_stop_with_nothing_serving_says_so_without_a_flow_run(home: Path) -> Non
     # No state and no backends: nothing to stop, so no flow run (and no temporary Prefect server to start).
     result = runner.invoke(app, ["stop"])
     assert result.exit_code == 0 and result.output.strip() == "nothing was serving"
+
+
+def test_prefect_logs_slipways_own_errors_without_their_traceback() -> None:
+    # A failed run's exception as Prefect logs it: slipway's errors lose the stack (the message says it all, and
+    # the command prints it again); any other exception keeps it.
+    import logging
+    import sys
+
+    from flows.cli import _DomainErrorsWithoutTraceback
+    from tasks.errors import RegistryError
+
+    def record_of(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+
+    own, other = record_of(RegistryError("no version 3")), record_of(KeyError("bug"))
+    keep = _DomainErrorsWithoutTraceback()
+
+    assert keep.filter(own) and keep.filter(other)
+    assert own.exc_info is None and "Traceback" not in logging.Formatter().format(own)
+    assert other.exc_info is not None and "Traceback" in logging.Formatter().format(other)
