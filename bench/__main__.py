@@ -77,6 +77,14 @@ def serving(
     log_round_seconds: Annotated[
         float, typer.Option(help="Seconds of measured load per server in each paired round.", min=1)
     ] = 4.0,
+    log_url: Annotated[
+        str | None,
+        typer.Option(
+            help="A PostgreSQL server for slipway-logged's inference log (the production store), e.g. "
+            "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres: the run creates a database of its own there and "
+            "drops it at the end. Default: a SQLite file in the work folder (the embedded default).",
+        ),
+    ] = None,
     access_log: Annotated[
         bool,
         typer.Option(
@@ -110,6 +118,7 @@ def serving(
         log_rounds=log_rounds,
         log_round_s=log_round_seconds,
         access_log=access_log,
+        log_url=log_url,
     )
     # Not a terminal (make, CI, a log file): wide enough that the tables are not cut.
     console = Console(width=None if sys.stdout.isatty() else 170)

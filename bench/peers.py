@@ -104,10 +104,10 @@ def slipway_peer(
     port: int,
     workers: int,
     tmp: Path,
-    inference_log: Path | None = None,
+    inference_log: str | None = None,
     access_log: bool = True,
 ) -> Peer:
-    """slipway's Bento under `bentoml serve`; with `inference_log` (a SQLite file) every served row is logged;
+    """slipway's Bento under `bentoml serve`; with `inference_log` (a SQLAlchemy URL) every served row is logged;
     `access_log`: BentoML's line per request (on by default, off as `slipway deploy` runs it)."""
     from tasks.package import bentoml_env
 
@@ -124,8 +124,16 @@ def slipway_peer(
         f"SLIPWAY_ACCESS_LOG={env['SLIPWAY_ACCESS_LOG']}",
     )
     if inference_log is not None:
-        env["SLIPWAY_INFERENCE_LOG_URL"] = f"sqlite:///{inference_log}"
-        notes = (*notes, "SLIPWAY_INFERENCE_LOG_URL=sqlite:///<work folder>/inference_log.db")
+        from sqlalchemy.engine import make_url
+
+        env["SLIPWAY_INFERENCE_LOG_URL"] = inference_log
+        store = make_url(inference_log)
+        shown = (
+            "sqlite:///<work folder>/inference_log.db"
+            if store.get_backend_name() == "sqlite"
+            else store.render_as_string(hide_password=True)
+        )
+        notes = (*notes, f"SLIPWAY_INFERENCE_LOG_URL={shown}")
     command = [sys.executable, "-m", "bentoml", "serve", bento.bento_tag, "--host", "127.0.0.1", "--port", str(port)]
     return Peer(
         name="slipway" if inference_log is None else "slipway-logged",

@@ -18,14 +18,15 @@ import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +98,7 @@ class ServingOptions:
     log_rounds: int = 7  # paired rounds pricing the inference log (bench.paired); 0: price it from the table
     log_round_s: float = 4.0
     access_log: bool = True  # slipway's and the MLflow peers' per-request access logs, alike (bench.peers)
+    log_url: str | None = None  # slipway-logged's store: None, a SQLite file in the work folder; or a PostgreSQL server
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,8 @@ def run_serving_benchmark(options: ServingOptions, console: Console) -> tuple[Se
     workdir = Path(tempfile.mkdtemp(prefix="slipway-bench-"))
     console.print(f"[bold]slipway serving benchmark[/] - work folder {workdir}")
     try:
-        report = _run(options, workdir, console, started)
+        with inference_log_store(options.log_url, workdir) as log_url:
+            report = _run(options, workdir, console, started, log_url)
     finally:
         if options.keep_workdir:
             console.print(f"kept the work folder (servers' logs, bodies, stores): {workdir}")
@@ -213,7 +216,41 @@ def run_serving_benchmark(options: ServingOptions, console: Console) -> tuple[Se
     return report, path
 
 
-def _run(options: ServingOptions, workdir: Path, console: Console, started: float) -> ServingReport:
+@contextmanager
+def inference_log_store(server_url: str | None, workdir: Path) -> Iterator[str]:
+    """slipway-logged's inference log URL: a SQLite file in the work folder, or with `server_url` (a PostgreSQL
+    server, the production store) a database of its own created there now and dropped at the end."""
+    if server_url is None:
+        yield f"sqlite:///{workdir / 'inference_log.db'}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    parsed = make_url(server_url)
+    if parsed.get_backend_name() != "postgresql":
+        raise BenchError(
+            f"--log-url must name a PostgreSQL server (postgresql+psycopg2://...), not {parsed.drivername}"
+        )
+    name = f"slipway_bench_{secrets.token_hex(4)}"
+    admin = create_engine(parsed, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    try:
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        except DBAPIError as exc:
+            safe = parsed.render_as_string(hide_password=True)
+            raise BenchError(f"cannot create a database on {safe}: {str(exc.orig).strip()}") from None
+        try:
+            yield parsed.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def _run(options: ServingOptions, workdir: Path, console: Console, started: float, log_url: str) -> ServingReport:
     tmp = workdir / "tmp"
     tmp.mkdir()
     meta = _meta(options)
@@ -223,7 +260,7 @@ def _run(options: ServingOptions, workdir: Path, console: Console, started: floa
     model = prepare_model(workdir)
     references = {rows: reference_predictions(model, rows) for rows in BATCH_SIZES}
     sklearn_labels = {rows: np.asarray(model.estimator.predict(model.batch(rows))) for rows in BATCH_SIZES}
-    peers = _prepare_peers(options, model, workdir, tmp, step)
+    peers = _prepare_peers(options, model, workdir, tmp, step, log_url)
 
     load = Load(threads=options.threads, connections=options.connections, duration_s=options.duration_s)
     quiet = QuietWaiter(options.quiet_threshold, options.quiet_budget_s)
@@ -357,7 +394,7 @@ def _price_log(
 
 
 def _prepare_peers(
-    options: ServingOptions, model: BenchModel, workdir: Path, tmp: Path, step: Callable[[str], None]
+    options: ServingOptions, model: BenchModel, workdir: Path, tmp: Path, step: Callable[[str], None], log_url: str
 ) -> list[Peer]:
     """Build what the selected peers serve (Bento, MLflow models) and describe how to start each."""
     selected = set(options.peers)
@@ -380,7 +417,7 @@ def _prepare_peers(
                 free_port(),
                 options.workers,
                 tmp,
-                inference_log=workdir / "inference_log.db",
+                inference_log=log_url,
                 access_log=options.access_log,
             )
         )
@@ -822,6 +859,12 @@ def _default_json_path(started_utc: str) -> Path:
     return Path(tempfile.gettempdir()) / "slipway-bench" / f"serving-{stamp}.json"
 
 
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _meta(options: ServingOptions) -> dict[str, Any]:
     """When, where and how: machine, versions, and the command line."""
     import psutil
@@ -837,7 +880,10 @@ def _meta(options: ServingOptions) -> dict[str, Any]:
     return {
         "started_utc": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
+        "options": {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items() if k != "log_url"
+        },
+        "inference_log_store": _safe_url(options.log_url) if options.log_url else "SQLite file in the work folder",
         "machine": {
             "cpu": _cpu_model(),
             "logical_cpus": os.cpu_count(),

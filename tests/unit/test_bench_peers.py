@@ -14,7 +14,9 @@ def test_the_access_log_switch_reaches_every_peer_alike(tmp_path: Path, access_l
     bento = SlipwayBento(home=tmp_path / "bentoml", bento_tag="b:1", model_tag="m:1", model_dir=tmp_path / "m")
     models = MlflowModels(tracking_uri="sqlite:///x.db", sklearn_uri="models:/s/1", onnx_uri="models:/o/1")
     slipway = slipway_peer(bento, 1, 2, tmp_path, access_log=access_log)
-    logged = slipway_peer(bento, 2, 2, tmp_path, inference_log=tmp_path / "log.db", access_log=access_log)
+    logged = slipway_peer(
+        bento, 2, 2, tmp_path, inference_log=f"sqlite:///{tmp_path / 'log.db'}", access_log=access_log
+    )
     onnx = mlflow_onnx_peer(models, 3, 2, tmp_path, access_log=access_log)
     sklearn = mlflow_sklearn_peer(models, 4, 2, tmp_path, access_log=access_log)
 
@@ -24,3 +26,35 @@ def test_the_access_log_switch_reaches_every_peer_alike(tmp_path: Path, access_l
     assert {onnx.env["UVICORN_ACCESS_LOG"], sklearn.env["UVICORN_ACCESS_LOG"]} == {str(access_log).lower()}
     assert f"SLIPWAY_ACCESS_LOG={int(access_log)}" in slipway.notes
     assert f"UVICORN_ACCESS_LOG={str(access_log).lower()}" in onnx.notes
+
+
+def test_a_postgresql_log_reaches_the_server_and_its_password_stays_out_of_the_notes(tmp_path: Path) -> None:
+    bento = SlipwayBento(home=tmp_path / "bentoml", bento_tag="b:1", model_tag="m:1", model_dir=tmp_path / "m")
+    url = "postgresql+psycopg2://bench:s3cret@127.0.0.1:5432/slipway_bench_1"
+    logged = slipway_peer(bento, 2, 2, tmp_path, inference_log=url)
+    assert logged.env["SLIPWAY_INFERENCE_LOG_URL"] == url
+    assert "s3cret" not in " ".join(logged.notes) and "bench:***@127.0.0.1" in " ".join(logged.notes)
+
+
+def test_the_benchmark_gives_the_log_a_database_of_its_own_and_drops_it(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from bench.serving import inference_log_store
+    from tests.postgres import POSTGRES_URL, admin_connection
+
+    admin_connection().close()  # fails naming the server when there is none
+    with inference_log_store(POSTGRES_URL, tmp_path) as url:
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            name = connection.execute(text("SELECT current_database()")).scalar_one()
+        engine.dispose()
+        assert name.startswith("slipway_bench_")
+    connection = admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+            assert cursor.fetchone()[0] == 0
+    finally:
+        connection.close()
+    with inference_log_store(None, tmp_path) as default:
+        assert default == f"sqlite:///{tmp_path / 'inference_log.db'}"
