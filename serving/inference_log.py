@@ -63,10 +63,12 @@ from __future__ import annotations
 
 import atexit
 import gc
+import io
 import json
 import logging
 import math
 import re
+import struct
 import sys
 import threading
 import time
@@ -657,6 +659,91 @@ def _raw_insert_sql(table: Table, engine: Engine, rows: int) -> str:
     return f"INSERT INTO {quote(table.name)} ({columns}) VALUES " + ", ".join([row] * rows)
 
 
+# PostgreSQL with psycopg2: batches go in as COPY ... FROM STDIN (FORMAT binary), not as INSERTs. psycopg2 binds
+# parameters into the statement's text, so a 100-row request's 24 KB of `numbers` became ~48 KB of hex in a SQL
+# string the server then parsed back: writing 4,000 such requests cost 682 us of machine CPU each (177 us in the
+# writer's process) and 263 us (42 us) as binary COPY, measured with the server on the same machine.
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp zero, in Unix microseconds
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, no header extension
+_COPY_TRAILER = struct.pack("!h", -1)
+_COPY_FIRST = struct.Struct("!hiq")  # the tuple's field count, then ts: length 8, microseconds since 2000
+_COPY_LENGTH = struct.Struct("!i")
+_COPY_INT4 = struct.Struct("!ii")
+_COPY_FLOAT8 = struct.Struct("!id")
+_COPY_NULL = _COPY_LENGTH.pack(-1)
+# What each column must be for the binary format to fit (its type's binary input), as PostgreSQL's inspector names
+# it: the table slipway creates. A table made another way may differ, and then gets INSERTs.
+_COPY_TYPES = {
+    "ts": ("TIMESTAMP",),  # WITH TIME ZONE: checked apart
+    "request_id": ("VARCHAR", "TEXT"),
+    "model_name": ("VARCHAR", "TEXT"),
+    "model_version": ("VARCHAR", "TEXT"),
+    "n_rows": ("INTEGER",),
+    "features": ("JSON",),
+    "numbers": ("BYTEA",),
+    "predictions": ("JSON",),
+    "probabilities": ("JSON",),
+    "probability_numbers": ("BYTEA",),
+    "latency_ms": ("DOUBLE PRECISION",),
+}
+
+
+def _copy_payload(entries: Sequence[_Encoded]) -> bytes:
+    """The entries in PostgreSQL's binary COPY format, columns in _RAW_COLUMNS order: text and JSON as UTF-8
+    (json's binary input is its text), bytea as is, n_rows int4, latency float8, ts int64 microseconds since 2000."""
+    length = _COPY_LENGTH.pack
+    parts = [_COPY_HEADER]
+    add = parts.append
+    for (
+        ts_us,
+        request_id,
+        model_name,
+        model_version,
+        n_rows,
+        features,
+        numbers,
+        predictions,
+        probs,
+        pnums,
+        ms,
+    ) in entries:
+        add(_COPY_FIRST.pack(len(_RAW_COLUMNS), 8, ts_us - _PG_EPOCH_US))
+        for text_value in (request_id, model_name, model_version):
+            data = text_value.encode()
+            add(length(len(data)))
+            add(data)
+        add(_COPY_INT4.pack(4, n_rows))
+        data = features.encode()
+        add(length(len(data)))
+        add(data)
+        add(_COPY_NULL if numbers is None else length(len(numbers)))
+        if numbers is not None:
+            add(numbers)
+        data = predictions.encode()
+        add(length(len(data)))
+        add(data)
+        if probs is None:
+            add(_COPY_NULL)
+        else:
+            data = probs.encode()
+            add(length(len(data)))
+            add(data)
+        add(_COPY_NULL if pnums is None else length(len(pnums)))
+        if pnums is not None:
+            add(pnums)
+        add(_COPY_FLOAT8.pack(8, ms))
+    add(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+def _copy_fits(columns: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the table's columns (PostgreSQL's inspector) are the types _copy_payload writes."""
+    types = {column["name"]: column["type"] for column in columns}
+    if not all(name in types and str(types[name]).upper() in accepted for name, accepted in _COPY_TYPES.items()):
+        return False
+    return getattr(types["ts"], "timezone", False) is True
+
+
 def _positive_env(environ: Mapping[str, str], name: str, default: float, kind: Callable[[str], Any]) -> Any:
     """A strictly positive finite number from the environment, or the default when unset or empty."""
     raw = environ.get(name, "").strip()
@@ -706,6 +793,14 @@ class InferenceLog:
         self._insert = _json_insert(self.table, dialect.name)
         self._sqlite = dialect.name == "sqlite"
         self._raw_inserts: dict[int, str] = {}  # multi-row INSERT text by its row count
+        # PostgreSQL through psycopg2: binary COPY when the table's columns fit it (decided with the table).
+        self._copy_capable = dialect.name == "postgresql" and dialect.driver == "psycopg2"
+        self._copy = False
+        quote = dialect.identifier_preparer.quote
+        self._copy_sql = (
+            f"COPY {quote(self.table.name)} ({', '.join(quote(name) for name in _RAW_COLUMNS)}) "
+            "FROM STDIN WITH (FORMAT binary)"
+        )
         self._stored_time = _StoredTimes(self.table.c.ts.type.dialect_impl(dialect).bind_processor(dialect))
         self._metrics = _metrics_for(registry)
         self.rows_recorded = 0
@@ -1027,6 +1122,8 @@ class InferenceLog:
                             connection.exec_driver_sql(
                                 self._sqlite_insert(size), tuple(_sqlite_params(chunk, self._stored_time))
                             )
+                    elif self._copy:
+                        self._copy_batch(connection, entries)
                     else:
                         if params is None:
                             params = _insert_params(entries)
@@ -1048,6 +1145,28 @@ class InferenceLog:
             self._metrics.written.inc(n_rows)
             return True
         return False  # unreachable: the last attempt either returns True or drops the batch
+
+    def _copy_batch(self, connection: Any, entries: Sequence[_Encoded]) -> None:
+        """COPY the entries in binary (PostgreSQL through psycopg2) in the connection's transaction; the driver's
+        errors become SQLAlchemy's, so the retry and drop accounting treat them as they treat an INSERT's."""
+        dbapi = connection.dialect.dbapi
+        raw = connection.connection.dbapi_connection
+        cursor = raw.cursor()
+        try:
+            cursor.copy_expert(self._copy_sql, io.BytesIO(_copy_payload(entries)))
+        except dbapi.Error as error:
+            raise DBAPIError.instance(
+                self._copy_sql,
+                None,
+                error,
+                dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=bool(raw.closed),
+                dialect=connection.dialect,
+            ) from None
+        finally:
+            if not raw.closed:
+                cursor.close()
 
     def _sqlite_insert(self, rows: int) -> str:
         text = self._raw_inserts.get(rows)
@@ -1073,6 +1192,11 @@ class InferenceLog:
             columns = {column["name"] for column in inspect(connection).get_columns(self.table.name)}
         _check_layout(columns, self.table.name, self.safe_url)  # an older log: every batch fails saying so
         self._add_columns(sorted(set(_ADDED_COLUMNS) - columns))
+        if self._copy_capable:
+            with self._engine.connect() as connection:
+                self._copy = _copy_fits(inspect(connection).get_columns(self.table.name))
+            if not self._copy:
+                _LOG.info("inference log %s: table %s has other column types: INSERTs", self.safe_url, self.table.name)
         self._table_ready = True
 
     def _add_columns(self, names: list[str]) -> None:

@@ -730,6 +730,92 @@ def test_worker_processes_share_one_sqlite_file_while_monitoring_reads(tmp_path:
     assert all(n_rows <= 12_000 for _, n_rows in reads)
 
 
+# ---------------------------------------------------------------- PostgreSQL: binary COPY
+
+
+def pg_execute(url: str, *statements: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_batches_go_in_as_binary_copy_and_read_back_exactly(
+    pg_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given slipway's own table on PostgreSQL, then batches are written with binary COPY, and every column reads
+    back exactly: the time to the microsecond, ids and versions (non-ASCII too), latency, JSON and bytes."""
+    url, table = pg_store
+    ts = datetime(2026, 11, 30, 21, 15, 7, 123456, tzinfo=UTC)
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record(request_rows("réq-1", 3, model_version="v-ü", ts=ts))
+        log.record(request_rows("req-2", 1, ts=ts + timedelta(microseconds=1)))
+        import numpy as np
+
+        block = np.arange(60, dtype=np.float64).reshape(3, 20) / 7
+        features = {name: block[i].tolist() for i, name in enumerate(("a", "b", "c"))}
+        log.record_columns(
+            "req-3", "churn", "3", features, [1] * 20, None, 2.25, floats=block, float_names=("a", "b", "c"), ts=ts
+        )
+    assert log._copy, "slipway's table on PostgreSQL through psycopg2 should take binary COPY"
+    assert (log.rows_written, log.rows_dropped) == (24, 0)
+    frame = read_window(url, since=ts - timedelta(seconds=1), table=table, probabilities=True)
+    first = frame[frame["request_id"] == "réq-1"]
+    assert list(first["ts"]) == [ts] * 3 and set(first["model_version"]) == {"v-ü"}
+    assert first["plan"].tolist() == ["basic", "pro", "basic"] and first["latency_ms"].tolist() == [1.5] * 3
+    assert frame[frame["request_id"] == "req-2"]["ts"].tolist() == [ts + timedelta(microseconds=1)]
+    third = frame[frame["request_id"] == "req-3"]
+    assert {name: third[name].tolist() for name in ("a", "b", "c")} == features
+    assert third["latency_ms"].tolist() == [2.25] * 20 and third["probabilities"].tolist() == [None] * 20
+
+
+def test_a_postgresql_table_of_other_column_types_gets_inserts(
+    pg_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a log table someone created with the time without a time zone and latency as REAL (binary COPY would
+    not fit them), then the writer uses INSERTs and every row lands."""
+    url, table = pg_store
+    metadata = MetaData()
+    inference_log_table(metadata, table).create(create_engine(url))
+    pg_execute(
+        url,
+        f'ALTER TABLE "{table}" ALTER COLUMN ts TYPE TIMESTAMP WITHOUT TIME ZONE',
+        f'ALTER TABLE "{table}" ALTER COLUMN latency_ms TYPE REAL',
+    )
+
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record(request_rows("r", 4, ts=T0))
+
+    assert not log._copy and (log.rows_written, log.rows_dropped) == (4, 0)
+    assert count_rows(url, table) == 4
+
+
+def test_a_batch_postgresql_refuses_is_dropped_and_counted_and_the_next_one_lands(
+    pg_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a table whose CHECK refuses one request, when a batch holding it is copied, then that batch is dropped
+    (write_failed, counted, no retry: the rows, not the store, are at fault) and the next batch is written."""
+    url, table = pg_store
+    inference_log_table(MetaData(), table).create(create_engine(url))
+    pg_execute(url, f"""ALTER TABLE "{table}" ADD CONSTRAINT no_bad CHECK (request_id <> 'bad')""")
+    log = InferenceLog(url, table=table, registry=metrics, batch_rows=2).start()
+    log.record(request_rows("good-1", 1))
+    log.record(request_rows("bad", 1))
+    assert wait_until(lambda: log.rows_dropped == 2)
+    log.record(request_rows("good-2", 1))
+    log.record(request_rows("good-3", 1))
+    log.close(timeout_s=30)
+
+    assert log._copy
+    assert (log.rows_written, log.rows_dropped_write_failed) == (2, 2)
+    assert "CheckViolation" in (log.last_error or "") or "IntegrityError" in (log.last_error or ""), log.last_error
+    assert sample(metrics, "slipway_inference_log_rows_dropped_total", reason="write_failed") == 2
+    assert count_rows(url, table) == 2
+
+
 # ---------------------------------------------------------------- retention
 
 
