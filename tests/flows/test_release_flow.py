@@ -184,6 +184,14 @@ def test_promote_and_two_rollbacks_through_the_flows(home: Path, monkeypatch: py
     assert listed.exit_code == 0, listed.output
     rows = {line.split()[1]: line for line in listed.output.splitlines() if line.startswith("│ ")}
     assert "rolled back" in rows[versions[1]] and "rolled back" not in rows[versions[2]], listed.output
+    # Deploying the rolled-back version is allowed (asked for by number) but said out loud.
+    from tasks.deploy import resolve_target
+
+    target = resolve_target.fn(reg, CLASSIFIER, "champion", home / "bentoml", versions[1])
+    assert target.registry_version == versions[1]
+    assert target.warning is not None and "was rolled back (still bad)" in target.warning
+    assert f"champion alias points at v{versions[2]}" in target.warning
+    assert resolve_target.fn(reg, CLASSIFIER, "champion", home / "bentoml").warning is None
 
 
 def test_regression_example_releases(home: Path) -> None:
