@@ -691,49 +691,27 @@ _COPY_TYPES = {
 def _copy_payload(entries: Sequence[_Encoded]) -> bytes:
     """The entries in PostgreSQL's binary COPY format, columns in _RAW_COLUMNS order: text and JSON as UTF-8
     (json's binary input is its text), bytea as is, n_rows int4, latency float8, ts int64 microseconds since 2000."""
-    length = _COPY_LENGTH.pack
     parts = [_COPY_HEADER]
     add = parts.append
-    for (
-        ts_us,
-        request_id,
-        model_name,
-        model_version,
-        n_rows,
-        features,
-        numbers,
-        predictions,
-        probs,
-        pnums,
-        ms,
-    ) in entries:
-        add(_COPY_FIRST.pack(len(_RAW_COLUMNS), 8, ts_us - _PG_EPOCH_US))
-        for text_value in (request_id, model_name, model_version):
-            data = text_value.encode()
-            add(length(len(data)))
-            add(data)
-        add(_COPY_INT4.pack(4, n_rows))
-        data = features.encode()
-        add(length(len(data)))
-        add(data)
-        add(_COPY_NULL if numbers is None else length(len(numbers)))
-        if numbers is not None:
-            add(numbers)
-        data = predictions.encode()
-        add(length(len(data)))
-        add(data)
-        if probs is None:
-            add(_COPY_NULL)
-        else:
-            data = probs.encode()
-            add(length(len(data)))
-            add(data)
-        add(_COPY_NULL if pnums is None else length(len(pnums)))
-        if pnums is not None:
-            add(pnums)
-        add(_COPY_FLOAT8.pack(8, ms))
+    for entry in entries:
+        add(_COPY_FIRST.pack(len(_RAW_COLUMNS), 8, entry[0] - _PG_EPOCH_US))
+        _copy_fields(add, entry[1:4])  # request_id, model_name, model_version
+        add(_COPY_INT4.pack(4, entry[4]))
+        _copy_fields(add, entry[5:10])  # features, numbers, predictions, probabilities, probability_numbers
+        add(_COPY_FLOAT8.pack(8, entry[10]))
     add(_COPY_TRAILER)
     return b"".join(parts)
+
+
+def _copy_fields(add: Callable[[bytes], None], values: Sequence[str | bytes | None]) -> None:
+    """Text (as UTF-8), bytes or NULL fields of a binary COPY tuple: each its int32 length, then its bytes."""
+    for value in values:
+        if value is None:
+            add(_COPY_NULL)
+            continue
+        data = value.encode() if isinstance(value, str) else value
+        add(_COPY_LENGTH.pack(len(data)))
+        add(data)
 
 
 def _copy_fits(columns: Sequence[Mapping[str, Any]]) -> bool:
