@@ -124,14 +124,13 @@ def slipway_peer(
         f"SLIPWAY_ACCESS_LOG={env['SLIPWAY_ACCESS_LOG']}",
     )
     if inference_log is not None:
-        from sqlalchemy.engine import make_url
+        from serving.inference_log import safe_url
 
         env["SLIPWAY_INFERENCE_LOG_URL"] = inference_log
-        store = make_url(inference_log)
         shown = (
             "sqlite:///<work folder>/inference_log.db"
-            if store.get_backend_name() == "sqlite"
-            else store.render_as_string(hide_password=True)
+            if inference_log.startswith("sqlite:")
+            else safe_url(inference_log)
         )
         notes = (*notes, f"SLIPWAY_INFERENCE_LOG_URL={shown}")
     command = [sys.executable, "-m", "bentoml", "serve", bento.bento_tag, "--host", "127.0.0.1", "--port", str(port)]

@@ -227,6 +227,8 @@ def inference_log_store(server_url: str | None, workdir: Path) -> Iterator[str]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
+    from serving.inference_log import safe_url
+
     parsed = make_url(server_url)
     if parsed.get_backend_name() != "postgresql":
         raise BenchError(
@@ -239,8 +241,7 @@ def inference_log_store(server_url: str | None, workdir: Path) -> Iterator[str]:
             with admin.connect() as connection:
                 connection.execute(text(f'CREATE DATABASE "{name}"'))
         except DBAPIError as exc:
-            safe = parsed.render_as_string(hide_password=True)
-            raise BenchError(f"cannot create a database on {safe}: {str(exc.orig).strip()}") from None
+            raise BenchError(f"cannot create a database on {safe_url(parsed)}: {str(exc.orig).strip()}") from None
         try:
             yield parsed.set(database=name).render_as_string(hide_password=False)
         finally:
@@ -859,15 +860,11 @@ def _default_json_path(started_utc: str) -> Path:
     return Path(tempfile.gettempdir()) / "slipway-bench" / f"serving-{stamp}.json"
 
 
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def _meta(options: ServingOptions) -> dict[str, Any]:
     """When, where and how: machine, versions, and the command line."""
     import psutil
+
+    from serving.inference_log import safe_url
 
     versions: dict[str, str | None] = {}
     for name in ("bentoml", "mlflow", "onnxruntime", "scikit-learn", "uvicorn", "httptools", "uvloop", "numpy"):
@@ -883,7 +880,7 @@ def _meta(options: ServingOptions) -> dict[str, Any]:
         "options": {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items() if k != "log_url"
         },
-        "inference_log_store": _safe_url(options.log_url) if options.log_url else "SQLite file in the work folder",
+        "inference_log_store": safe_url(options.log_url) if options.log_url else "SQLite file in the work folder",
         "machine": {
             "cpu": _cpu_model(),
             "logical_cpus": os.cpu_count(),

@@ -75,7 +75,7 @@ import time
 import weakref
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -714,10 +714,14 @@ def _copy_fields(add: Callable[[bytes], None], values: Sequence[str | bytes | No
         add(data)
 
 
-def _copy_fits(columns: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether the table's columns (PostgreSQL's inspector) are the types _copy_payload writes."""
+def _copy_fits(columns: Sequence[Mapping[str, Any]], added: Collection[str] = ()) -> bool:
+    """Whether the table's columns (PostgreSQL's inspector) are the types _copy_payload writes; the `added` ones
+    were just added from slipway's own table definition (_add_columns), so they are."""
     types = {column["name"]: column["type"] for column in columns}
-    if not all(name in types and str(types[name]).upper() in accepted for name, accepted in _COPY_TYPES.items()):
+    if not all(
+        name in added or (name in types and str(types[name]).upper() in accepted)
+        for name, accepted in _COPY_TYPES.items()
+    ):
         return False
     return getattr(types["ts"], "timezone", False) is True
 
@@ -1167,12 +1171,12 @@ class InferenceLog:
                 if not inspect(connection).has_table(self.table.name):
                     raise
         with self._engine.connect() as connection:
-            columns = {column["name"] for column in inspect(connection).get_columns(self.table.name)}
-        _check_layout(columns, self.table.name, self.safe_url)  # an older log: every batch fails saying so
-        self._add_columns(sorted(set(_ADDED_COLUMNS) - columns))
+            # An older log's layout raises here: every batch then fails saying so.
+            columns = _log_columns(connection, self.table.name, self.safe_url) or []
+        added = sorted(set(_ADDED_COLUMNS) - {column["name"] for column in columns})
+        self._add_columns(added)
         if self._copy_capable:
-            with self._engine.connect() as connection:
-                self._copy = _copy_fits(inspect(connection).get_columns(self.table.name))
+            self._copy = _copy_fits(columns, added)
             if not self._copy:
                 _LOG.info("inference log %s: table %s has other column types: INSERTs", self.safe_url, self.table.name)
         self._table_ready = True
@@ -1278,21 +1282,36 @@ def _window_query(
     return query.order_by(table.c.ts, table.c.id)
 
 
+def _absent_sqlite_file(url: URL) -> Path | None:
+    """The SQLite file of `url` when it does not exist (a reader connecting would create it empty), else None."""
+    database = _sqlite_file(url)
+    return database if database is not None and not database.exists() else None
+
+
+def _log_columns(connection: Any, table: str, where: str) -> list[Any] | None:
+    """The log table's columns as the inspector describes them, None when there is no such table; an
+    InferenceLogError when it holds an older slipway's layout (_check_layout)."""
+    inspector = inspect(connection)
+    if not inspector.has_table(table):
+        return None
+    columns = inspector.get_columns(table)
+    _check_layout({column["name"] for column in columns}, table, where)
+    return columns
+
+
 def _fetch(url: str, query_for: Callable[[Table, set[str]], Any], table: str) -> list[Any]:
     """The rows of the query over the log table; a missing database or table is an InferenceLogError."""
     parsed = make_url(url)
-    database = _sqlite_file(parsed)
-    if database is not None and not database.exists():
-        # Connecting would create an empty file and hide the misconfiguration.
+    database = _absent_sqlite_file(parsed)
+    if database is not None:  # connecting would create an empty file and hide the misconfiguration
         raise InferenceLogError(f"no inference log database at {database}")
     engine = create_log_engine(parsed, writer=False)
     try:
         with engine.connect() as connection:
-            inspector = inspect(connection)
-            if not inspector.has_table(table):
+            columns = _log_columns(connection, table, safe_url(parsed))
+            if columns is None:
                 raise InferenceLogError(f"no table {table!r} in {safe_url(parsed)}: nothing was logged there yet")
-            present = {column["name"] for column in inspector.get_columns(table)}
-            _check_layout(present, table, safe_url(parsed))
+            present = {column["name"] for column in columns}
             return list(connection.execute(query_for(inference_log_table(MetaData(), table), present)))
     except DBAPIError as error:
         raise InferenceLogUnreachable(
@@ -1502,17 +1521,14 @@ def prune_log(
     parsed = make_url(url)
     where = f"{safe_url(parsed)} table {table}"
     cutoff = _as_utc(before)
-    database = _sqlite_file(parsed)
-    if database is not None and not database.exists():  # connecting would create the file
+    if _absent_sqlite_file(parsed) is not None:  # connecting would create the file
         return PruneResult(where, cutoff, 0, 0, 0.0, dry_run, found=False)
     t = inference_log_table(MetaData(), table)
     engine = create_log_engine(parsed, writer=False)
     try:
         with engine.connect() as connection:
-            inspector = inspect(connection)
-            if not inspector.has_table(table):
+            if _log_columns(connection, table, safe_url(parsed)) is None:
                 return PruneResult(where, cutoff, 0, 0, 0.0, dry_run, found=False)
-            _check_layout({column["name"] for column in inspector.get_columns(table)}, table, safe_url(parsed))
             total, total_rows = connection.execute(
                 select(func.count(), func.coalesce(func.sum(t.c.n_rows), 0)).where(t.c.ts < cutoff)
             ).one()
