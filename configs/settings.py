@@ -228,6 +228,12 @@ class ServingSettings(Section):
     workers: int = Field(0, ge=0, description="Serving worker processes; 0 means one per core.")
     max_batch_rows: int = Field(1000, gt=0, description="Largest batch a request may carry.")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    unknown_categories: Literal["refuse", "accept"] = Field(
+        "refuse",
+        description="A category value the model does not know (read off its ONNX encoders): refuse answers 400 "
+        "naming the field and the known values; accept predicts with it where the model encodes unknown values "
+        "(one-hot all zeros) and still refuses it where the model would fail.",
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer keys; set through SLIPWAY__SERVING__API_KEYS (JSON list), never in YAML.",

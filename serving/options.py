@@ -39,6 +39,7 @@ class ServiceOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     fast_path: bool = True
     access_log: bool = True
+    unknown_categories: Literal["refuse", "accept"] = "refuse"
 
 
 def _positive(environ: Mapping[str, str], name: str, default: float, kind: type[Any]) -> Any:
@@ -87,6 +88,15 @@ def _paths(raw: str) -> tuple[str, ...]:
     return paths
 
 
+def _unknown_categories(environ: Mapping[str, str]) -> Literal["refuse", "accept"]:
+    raw = environ.get("SLIPWAY_UNKNOWN_CATEGORIES", "").strip().lower() or "refuse"
+    if raw == "refuse":
+        return "refuse"
+    if raw == "accept":
+        return "accept"
+    raise OptionsError(f"SLIPWAY_UNKNOWN_CATEGORIES={raw!r} is neither 'refuse' nor 'accept'")
+
+
 def options_from_env(environ: Mapping[str, str], arguments: Mapping[str, Any] | None = None) -> ServiceOptions:
     """Service options from the environment; Bento arguments (set at build) win for the model tag."""
     max_rows = _positive(environ, "SLIPWAY_MAX_BATCH_ROWS", 1000, int)
@@ -109,4 +119,5 @@ def options_from_env(environ: Mapping[str, str], arguments: Mapping[str, Any] | 
         max_body_bytes=max_body,
         fast_path=_flag(environ, "SLIPWAY_FAST_PATH"),
         access_log=_flag(environ, "SLIPWAY_ACCESS_LOG"),
+        unknown_categories=_unknown_categories(environ),
     )

@@ -13,11 +13,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import cache
 from operator import itemgetter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from serving.spec import ServingSpec
+from serving.spec import ServingSpec, SpecFeature
 
 # Numbers are fed to ONNX as float64 (serving/features.py): every finite JSON number is fed as it is sent;
 # an integer beyond the largest double could not be converted at all.
@@ -29,6 +29,11 @@ _VALUE_TYPES: dict[str, Any] = {
     "bool": Annotated[bool, Field(strict=True)],
     "string": Annotated[str, Field(strict=True)],
 }
+
+# Up to this many categories a feature is a Literal (checked in Rust; the 400 lists every value); beyond it a
+# set lookup whose message shows the first few, so a refusal does not quote thousands of values per row.
+_LITERAL_CATEGORIES = 64
+_SHOWN_CATEGORIES = 10
 
 # hide_input_in_errors: BentoML logs every rejected request; keep the (possibly personal) values out of the log.
 _STRICT_INPUT = ConfigDict(extra="forbid", populate_by_name=False, frozen=True, hide_input_in_errors=True)
@@ -114,31 +119,64 @@ def _model_name(spec: ServingSpec) -> str:
     return "".join(part.capitalize() for part in spec.model_name.replace("-", "_").split("_") if part.isalnum())
 
 
-def record_model(spec: ServingSpec) -> type[BaseModel]:
+def value_type(feature: SpecFeature, accept_unknown: bool = False) -> Any:
+    """The type of one value of a feature. A category the model knows only some values of takes only those,
+    unless `accept_unknown` and the model encodes the others (then any string, as before it was known)."""
+    categories = feature.categories
+    if not categories or (accept_unknown and feature.encodes_unknown):
+        return _VALUE_TYPES[feature.dtype]
+    if len(categories) <= _LITERAL_CATEGORIES:
+        return Literal.__getitem__(categories)
+    known = frozenset(categories)
+    shown = ", ".join(repr(c) for c in categories[:_SHOWN_CATEGORIES])
+    message = f"Input should be one of the {len(categories)} categories the model knows ({shown}, ...)"
+
+    def known_category(value: str) -> str:
+        if value not in known:
+            raise ValueError(message)
+        return value
+
+    return Annotated[
+        str, Field(strict=True, json_schema_extra={"enum": list(categories)}), AfterValidator(known_category)
+    ]
+
+
+def _describe(feature: SpecFeature, accept_unknown: bool, what: str) -> str:
+    if feature.categories and not (accept_unknown and feature.encodes_unknown):
+        return f"category {what}: one of the {len(feature.categories)} values the model knows"
+    return f"{feature.dtype} {what}"
+
+
+def record_model(spec: ServingSpec, accept_unknown: bool = False) -> type[BaseModel]:
     """One row: every feature required, typed, unknown keys refused."""
     fields: dict[str, Any] = {
-        f"f{i}": (_VALUE_TYPES[f.dtype], Field(alias=f.name, description=f"{f.dtype} feature"))
+        f"f{i}": (
+            value_type(f, accept_unknown),
+            Field(alias=f.name, description=_describe(f, accept_unknown, "feature")),
+        )
         for i, f in enumerate(spec.features)
     }
     return create_model(f"{_model_name(spec)}Record", __config__=_STRICT_INPUT, **fields)
 
 
-def columns_model(spec: ServingSpec, max_rows: int) -> type[ColumnsBase]:
+def columns_model(spec: ServingSpec, max_rows: int, accept_unknown: bool = False) -> type[ColumnsBase]:
     """One list per feature, each 1..max_rows long and all the same length."""
     fields: dict[str, Any] = {
         f"f{i}": (
-            _list_of(_VALUE_TYPES[f.dtype]),
-            Field(alias=f.name, min_length=1, max_length=max_rows, description=f"{f.dtype} values"),
+            _list_of(value_type(f, accept_unknown)),
+            Field(alias=f.name, min_length=1, max_length=max_rows, description=_describe(f, accept_unknown, "values")),
         )
         for i, f in enumerate(spec.features)
     }
     return create_model(f"{_model_name(spec)}Columns", __base__=ColumnsBase, **fields)
 
 
-def request_model(spec: ServingSpec, max_rows: int) -> type[RequestBase]:
-    """The /predict body: `{"records": [...]}` or `{"columns": {...}}`, at most max_rows rows."""
-    record = record_model(spec)
-    columns = columns_model(spec, max_rows)
+def request_model(spec: ServingSpec, max_rows: int, accept_unknown_categories: bool = False) -> type[RequestBase]:
+    """The /predict body: `{"records": [...]}` or `{"columns": {...}}`, at most max_rows rows. A category
+    feature takes the values the model knows; with `accept_unknown_categories`, any string where the model
+    encodes unknown values (never where it would fail on them)."""
+    record = record_model(spec, accept_unknown_categories)
+    columns = columns_model(spec, max_rows, accept_unknown_categories)
     return create_model(
         f"{_model_name(spec)}PredictRequest",
         __base__=RequestBase,

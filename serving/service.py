@@ -8,7 +8,7 @@ and /readyz; OpenAPI at /docs.json.
 
 Environment (full list; see serving.options and serving.inference_log):
 SLIPWAY_MODEL_TAG, SLIPWAY_WORKERS, SLIPWAY_MAX_BATCH_ROWS, SLIPWAY_TIMEOUT_S, SLIPWAY_API_KEYS,
-SLIPWAY_AUTH_OPEN_PATHS, SLIPWAY_MAX_BODY_BYTES, SLIPWAY_FAST_PATH, SLIPWAY_ACCESS_LOG,
+SLIPWAY_AUTH_OPEN_PATHS, SLIPWAY_MAX_BODY_BYTES, SLIPWAY_FAST_PATH, SLIPWAY_ACCESS_LOG, SLIPWAY_UNKNOWN_CATEGORIES,
 SLIPWAY_INFERENCE_LOG_URL,
 SLIPWAY_INFERENCE_LOG_BATCH_ROWS, SLIPWAY_INFERENCE_LOG_FLUSH_S.
 
@@ -59,7 +59,7 @@ SPEC = read_spec(MODEL_DIR)
 # Checked here too, not only when a worker loads the model: `bentoml serve` imports this module before it
 # starts workers, so a tampered model stops the server at once instead of a worker restart loop.
 verify_model_file(MODEL_DIR, SPEC)
-PredictRequest = request_model(SPEC, OPTIONS.max_batch_rows)
+PredictRequest = request_model(SPEC, OPTIONS.max_batch_rows, OPTIONS.unknown_categories == "accept")
 PredictResponse = response_model(SPEC)
 
 

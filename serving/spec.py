@@ -28,6 +28,11 @@ class SpecFeature(BaseModel):
 
     name: str = Field(min_length=1)
     dtype: Literal["float", "int", "string", "bool"]
+    # String features whose values the model one-hot or label encodes: the values it knows (read off the ONNX
+    # graph when the model is packaged), and whether it encodes any other value (as no known category) or fails
+    # on it. None: the model takes any string, or the graph does not tell.
+    categories: tuple[str, ...] | None = Field(None, min_length=1)
+    encodes_unknown: bool = False
 
 
 class ServingSpec(BaseModel):

@@ -740,3 +740,79 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 # Prefect task: the conversion as a step the release flow runs.
 to_onnx = task(name="convert", cache_policy=NO_CACHE)(convert_to_onnx)
+
+
+# --- the categories a model encodes -------------------------------------------------------------------------
+
+# Nodes that pass one column of a [N, 1] string input through unchanged (a column pick of a one-column tensor
+# is that column): the walk from an input to its encoder follows their first input to their first output.
+_STRING_PASS_THROUGH = frozenset(
+    {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather", "ArrayFeatureExtractor"}
+)
+
+
+@dataclass(frozen=True)
+class EncodedCategories:
+    """The values of a string input the model's encoders know, in the first encoder's order, and whether the
+    model also encodes a value outside them (OneHotEncoder zeros=1, LabelEncoder's default) or fails on it."""
+
+    values: tuple[str, ...]
+    encodes_unknown: bool
+
+
+def encoded_categories(proto: onnx.ModelProto) -> dict[str, EncodedCategories]:
+    """String inputs that reach only OneHotEncoder/LabelEncoder nodes (through column picks and reshapes), with
+    the categories every one of those encoders knows. An input read by anything else (a Concat with other
+    columns, a tokenizer, a subgraph) is left out: its allowed values cannot be read off the graph."""
+    graph = proto.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):
+            readers.setdefault(name, []).append(node)
+    in_subgraphs: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                in_subgraphs |= _tensor_reads(subgraph)
+    found: dict[str, EncodedCategories] = {}
+    for graph_input in graph.input:
+        if graph_input.type.tensor_type.elem_type != TensorProto.STRING or graph_input.name in in_subgraphs:
+            continue
+        encoders = _encoders_of(graph_input.name, readers, in_subgraphs)
+        if encoders:
+            found[graph_input.name] = _common_categories(encoders)
+    return found
+
+
+def _encoders_of(
+    name: str, readers: dict[str, list[onnx.NodeProto]], in_subgraphs: set[str]
+) -> list[tuple[list[str], bool]] | None:
+    """(categories, encodes_unknown) of every encoder `name` reaches, or None if it reaches anything else."""
+    encoders: list[tuple[list[str], bool]] = []
+    pending, seen = [name], {name}
+    while pending:
+        tensor = pending.pop()
+        for node in readers.get(tensor, ()):
+            attributes = _attributes(node)
+            if node.op_type == "OneHotEncoder" and attributes.get("cats_strings"):
+                encoders.append(([v.decode() for v in attributes["cats_strings"]], attributes.get("zeros", 1) == 1))
+            elif node.op_type == "LabelEncoder" and attributes.get("keys_strings"):
+                # An unknown key maps to the default value: encoded, as no known category.
+                encoders.append(([v.decode() for v in attributes["keys_strings"]], True))
+            elif node.op_type in _STRING_PASS_THROUGH and node.input[0] == tensor and tensor not in node.input[1:]:
+                output = node.output[0]
+                if output in in_subgraphs:
+                    return None
+                if output not in seen:
+                    seen.add(output)
+                    pending.append(output)
+            else:
+                return None
+    return encoders or None
+
+
+def _common_categories(encoders: list[tuple[list[str], bool]]) -> EncodedCategories:
+    """The values every encoder knows (a value one of them lacks is unknown to the model), in the first one's order."""
+    common = set(encoders[0][0]).intersection(*(set(values) for values, _ in encoders[1:]))
+    ordered = tuple(dict.fromkeys(v for v in encoders[0][0] if v in common))
+    return EncodedCategories(ordered, all(unknown for _, unknown in encoders))

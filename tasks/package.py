@@ -18,15 +18,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
+import onnx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import serving
 from serving.spec import MODEL_FILE, SPEC_FILE, ServingSpec, SpecFeature, file_sha256
+from tasks.convert import EncodedCategories, encoded_categories
 from tasks.errors import InvalidModelArtifact, ServingError
-from tasks.types import BentoRef, ModelSchema
+from tasks.types import BentoRef, FeatureSpec, ModelSchema
 
 SERVICE_IMPORT = "serving.service:SlipwayService"
 # What the Bento needs besides BentoML itself (which `bentoml build` pins on its own).
@@ -66,18 +69,36 @@ def model_version_label(model_version: str, sha256: str) -> str:
 
 
 def serving_spec(
-    schema: ModelSchema, label_output: str, score_output: str, model_name: str, model_version: str, sha256: str
+    schema: ModelSchema,
+    label_output: str,
+    score_output: str,
+    model_name: str,
+    model_version: str,
+    sha256: str,
+    categories: Mapping[str, EncodedCategories] | None = None,
 ) -> ServingSpec:
-    """The `slipway.json` descriptor of a model."""
+    """The `slipway.json` descriptor of a model; `categories`: what convert.encoded_categories read off its graph."""
+    categories = categories or {}
     return ServingSpec(
         model_name=model_name,
         model_version=model_version,
         task=schema.task,
-        features=tuple(SpecFeature(name=f.name, dtype=f.dtype) for f in schema.features),
+        features=tuple(_spec_feature(f, categories.get(f.name)) for f in schema.features),
         classes=schema.classes,
         label_output=label_output,
         score_output=score_output,
         sha256=sha256,
+    )
+
+
+def _spec_feature(feature: FeatureSpec, categories: EncodedCategories | None) -> SpecFeature:
+    if feature.dtype != "string" or categories is None:
+        return SpecFeature(name=feature.name, dtype=feature.dtype)
+    return SpecFeature(
+        name=feature.name,
+        dtype=feature.dtype,
+        categories=categories.values,
+        encodes_unknown=categories.encodes_unknown,
     )
 
 
@@ -138,8 +159,6 @@ def _stored_spec(bentoml_home: Path, tag: str) -> ServingSpec | None:
 
 def check_onnx_file(path: Path) -> None:
     """Refuse a file that is not a well-formed ONNX model (truncated, corrupt, not ONNX) before it is stored."""
-    import onnx
-
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except Exception as exc:  # onnx raises ValidationError, DecodeError or plain OSError
@@ -163,7 +182,8 @@ def save_bento_model(
         raise InvalidModelArtifact(f"ONNX file {onnx_path} does not exist")
     check_onnx_file(onnx_path)
     sha256 = file_sha256(onnx_path)
-    spec = serving_spec(schema, label_output, score_output, model_name, model_version, sha256)
+    categories = encoded_categories(onnx.load(str(onnx_path)))
+    spec = serving_spec(schema, label_output, score_output, model_name, model_version, sha256, categories)
     tag = f"{bentoml_name(model_name)}:{model_version_label(model_version, sha256)}"
     existing = _stored_spec(bentoml_home, tag)
     if existing is not None:

@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from examples.breast_cancer import SIZE_BANDS
 from serving.features import feeds_from_columns
 from serving.spec import MODEL_FILE, SPEC_FILE, ServingSpec, file_sha256
 from tasks.types import BentoRef, FeatureSpec, ModelSchema
@@ -270,6 +271,10 @@ def test_model_store_holds_the_onnx_file_and_its_descriptor(built_bento: BuiltBe
     assert spec.task == "classification" and spec.classes == (0, 1)
     assert [f.name for f in spec.features] == example_model.schema.feature_names
     assert {f.dtype for f in spec.features} == {"float", "string"}
+    # And the descriptor lists the bands the model's one-hot encoder knows (it encodes others as all zeros)
+    (band,) = (f for f in spec.features if f.dtype == "string")
+    assert (band.name, band.categories, band.encodes_unknown) == ("size_band", tuple(SIZE_BANDS), True)
+    assert all(f.categories is None for f in spec.features if f.dtype == "float")
     assert (spec.label_output, spec.score_output, spec.sha256) == ("label", "probabilities", sha)
 
 
@@ -383,6 +388,11 @@ def _bad_bodies(example: ExampleModel) -> dict[str, tuple[str, str]]:
         "missing field": (with_row(mean_radius=_DROP), "mean_radius"),
         "number field given text": (with_row(mean_radius="large"), "mean_radius"),
         "text field given a number": (with_row(size_band=3), "size_band"),
+        "category the model does not know": (with_row(size_band="enormous"), "size_band"),
+        "unknown category in columns": (
+            json.dumps({"columns": {**columns, "size_band": ["enormous"] * len(columns["size_band"])}}),
+            "size_band",
+        ),
         "null value": (with_row(mean_texture=None), "mean_texture"),
         "unknown field": (with_row(patient_name="x"), "patient_name"),
         "NaN": (with_row(mean_area=_MARK).replace(f'"{_MARK}"', "NaN"), "mean_area"),
@@ -401,7 +411,8 @@ def _bad_bodies(example: ExampleModel) -> dict[str, tuple[str, str]]:
 _DROP = object()
 _MARK = "__not_a_number__"  # replaced by a bare NaN/Infinity token, which json.dumps cannot write
 _BAD_CASES = [
-    "missing field", "number field given text", "text field given a number", "null value", "unknown field",
+    "missing field", "number field given text", "text field given a number", "category the model does not know",
+    "unknown category in columns", "null value", "unknown field",
     "NaN", "Infinity", "beyond float64", "empty records", "records over max rows", "columns over max rows",
     "columns of different lengths", "neither records nor columns", "both records and columns", "not JSON",
 ]  # fmt: skip
@@ -416,6 +427,21 @@ def test_bad_input_gets_4xx_naming_the_field(server: RunningServer, example_mode
     # Then the server refuses it as the caller's fault and says which field is wrong
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     assert field in response.text, response.text
+
+
+def test_a_category_the_model_does_not_know_is_refused_with_the_values_it_knows(
+    server: RunningServer, example_model: ExampleModel
+):
+    # Given a row whose size_band is none of the bands the model's encoder was fitted on (the encoder would
+    # silently read it as no band at all: handle_unknown="ignore")
+    row = {**records_of(example_model, 1)[0], "size_band": "Enormous-Band"}
+    # When it is posted
+    response = post_predict(server, {"records": [row]})
+    # Then it is a 400 naming the field and every value the model knows, without echoing the value sent
+    assert response.status_code == 400, response.text
+    assert "records.0.size_band" in response.text
+    assert all(repr(band) in response.json()["detail"] for band in SIZE_BANDS), response.text
+    assert "Enormous-Band" not in response.text
 
 
 def test_finite_values_beyond_float32_are_answered(server: RunningServer, example_model: ExampleModel):
@@ -472,6 +498,7 @@ def test_openapi_lists_the_real_feature_names_and_types(server: RunningServer, e
     assert record["required"] == example_model.schema.feature_names
     assert record["additionalProperties"] is False
     assert record["properties"]["size_band"]["type"] == "string"
+    assert record["properties"]["size_band"]["enum"] == SIZE_BANDS  # the values the model knows, in its order
     assert record["properties"]["mean_radius"]["type"] == "number"
     assert "maximum" not in record["properties"]["mean_radius"]  # any finite double (fed as float64)
 

@@ -31,6 +31,8 @@ def test_defaults_turn_auth_off_and_cap_bodies_at_one_mebibyte():
     assert options.open_paths == DEFAULT_OPEN_PATHS
     assert options.max_body_bytes == 1 << 20
     assert options.fast_path and options.access_log
+    assert options.unknown_categories == "refuse"
+    assert options_from_env({"SLIPWAY_UNKNOWN_CATEGORIES": " Accept "}).unknown_categories == "accept"
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,7 @@ def test_keys_stay_out_of_the_options_repr_and_of_errors():
         ("SLIPWAY_AUTH_OPEN_PATHS", "healthz"),
         ("SLIPWAY_FAST_PATH", "maybe"),
         ("SLIPWAY_ACCESS_LOG", "2"),
+        ("SLIPWAY_UNKNOWN_CATEGORIES", "ignore"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(name: str, value: str):

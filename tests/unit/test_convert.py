@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
@@ -33,9 +33,9 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.semi_supervised import LabelSpreading
 
 from examples import breast_cancer, diabetes
-from tasks.convert import convert_to_onnx, infer_schema
+from tasks.convert import EncodedCategories, convert_to_onnx, encoded_categories, infer_schema
 from tasks.errors import ConversionUnsupported, DataSourceError
-from tasks.optimize import native_predictions
+from tasks.optimize import native_predictions, save_ort_optimized
 from tasks.predict import measure_parity, open_session, predict_onnx
 from tasks.train import split_data
 from tasks.types import ModelSchema, OnnxModel, Parity
@@ -424,3 +424,85 @@ def test_a_feature_named_like_an_output_is_refused(tmp_path: Path) -> None:
     schema: ModelSchema = infer_schema(frame, "y", "classification", model.classes_)
     with pytest.raises(DataSourceError, match="label"):
         convert_to_onnx(model, schema, tmp_path / "m.onnx", OPSET, ML_OPSET)
+
+
+def test_the_categories_the_example_one_hot_encodes_are_read_off_its_graph_and_survive_optimization(
+    cancer_onnx: tuple[Any, OnnxModel], tmp_path: Path
+) -> None:
+    # Given the example (OneHotEncoder(handle_unknown="ignore", categories=[SIZE_BANDS]) on size_band), when the
+    # converted graph and its ORT-optimized copy are read, then size_band takes the bands in the encoder's order
+    # and encodes unknown values (zeros=1); no number input is listed.
+    _, onnx_model = cancer_onnx
+    expected = {"size_band": EncodedCategories(tuple(breast_cancer.SIZE_BANDS), encodes_unknown=True)}
+    assert encoded_categories(onnx.load(str(onnx_model.path))) == expected
+    optimized = save_ort_optimized(onnx_model.path, tmp_path / "optimized.onnx")
+    assert encoded_categories(onnx.load(str(optimized))) == expected
+
+
+def test_an_encoder_left_at_handle_unknown_error_fails_on_an_unknown_value_and_is_marked_so(
+    cancer_split: Any, tmp_path: Path
+) -> None:
+    # Given scikit-learn's default OneHotEncoder (handle_unknown="error") over two string columns, when converted,
+    # then each column lists what it was fitted on and does not encode unknowns: ONNX Runtime fails on one
+    # (this is why serving must refuse such a value with a 400 instead of running the model).
+    train, _ = cancer_split
+    frame = train[["mean_radius", "size_band", "malignant"]].assign(
+        shape=np.where(train["mean_smoothness"] > 0.095, "rough", "smooth")
+    )
+    pre = ColumnTransformer(
+        [("num", StandardScaler(), ["mean_radius"]), ("cat", OneHotEncoder(), ["size_band", "shape"])]
+    )
+    model = _fit(
+        Pipeline([("pre", pre), ("clf", RandomForestClassifier(n_estimators=5, random_state=0))]), frame, "malignant"
+    )
+    onnx_model = _convert(model, frame, "malignant", "classification", tmp_path / "strict.onnx")
+    found = encoded_categories(onnx.load(str(onnx_model.path)))
+    assert found == {
+        "size_band": EncodedCategories(tuple(sorted(frame["size_band"].unique())), encodes_unknown=False),
+        "shape": EncodedCategories(("rough", "smooth"), encodes_unknown=False),
+    }
+    session = open_session(onnx_model.path)
+    feeds = {"mean_radius": np.array([[14.0]]), "size_band": np.array([["huge"]], dtype=object)}
+    feeds["shape"] = np.array([["rough"]], dtype=object)
+    with pytest.raises(Exception, match="Unknown Category"):
+        session.run(None, feeds)
+
+
+def _string_graph(nodes: list[onnx.NodeProto], inputs: list[str]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(name, onnx.TensorProto.STRING, [None, 1]) for name in inputs],
+        [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None) for node in nodes[-1:]],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+
+
+def test_categories_are_only_claimed_where_every_reader_is_an_encoder() -> None:
+    # Given a string input read by two encoders that know different values (one strict), one reaching an encoder
+    # through a reshape, one also read by a string normalizer, and two concatenated,
+    # then the first takes the values both know, strictly; the second its encoder's; the others none.
+    def one_hot(source: str, output: str, cats: list[str], zeros: int = 1) -> onnx.NodeProto:
+        return helper.make_node(
+            "OneHotEncoder", [source], [output], domain="ai.onnx.ml", cats_strings=cats, zeros=zeros
+        )
+
+    shape = helper.make_tensor("shape", onnx.TensorProto.INT64, [2], [-1, 1])
+    nodes = [
+        one_hot("a", "a1", ["x", "y", "z"]),
+        one_hot("a", "a2", ["z", "y"], zeros=0),
+        helper.make_node("Reshape", ["b", "shape"], ["b_flat"]),
+        helper.make_node(
+            "LabelEncoder", ["b_flat"], ["b1"], domain="ai.onnx.ml", keys_strings=["p", "q"], values_int64s=[0, 1]
+        ),
+        one_hot("c", "c1", ["u"]),
+        helper.make_node("StringNormalizer", ["c"], ["c2"], case_change_action="LOWER"),
+        helper.make_node("Concat", ["d", "e"], ["da"], axis=1),
+        one_hot("da", "d1", ["x"]),
+    ]
+    proto = _string_graph(nodes, ["a", "b", "c", "d", "e"])
+    proto.graph.initializer.append(shape)
+    assert encoded_categories(proto) == {
+        "a": EncodedCategories(("y", "z"), encodes_unknown=False),
+        "b": EncodedCategories(("p", "q"), encodes_unknown=True),
+    }

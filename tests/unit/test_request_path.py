@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from pydantic import ValidationError
 
 from serving.features import feeds_from_columns
 from serving.guard import skip_uvicorn_access_log
@@ -109,3 +110,44 @@ def test_an_access_logger_someone_wants_is_left_alone(access_logger: logging.Log
     access_logger.addHandler(logging.NullHandler())
     assert not skip_uvicorn_access_log(access_logger)
     assert access_logger.propagate
+
+
+def _categorical_spec(categories: tuple[str, ...], encodes_unknown: bool) -> ServingSpec:
+    spec = _spec((("x", "float"), ("band", "string")))
+    band = spec.features[1].model_copy(update={"categories": categories, "encodes_unknown": encodes_unknown})
+    return spec.model_copy(update={"features": (spec.features[0], band)})
+
+
+@pytest.mark.parametrize("n_categories", [4, 200])
+def test_a_category_feature_takes_only_the_values_the_model_knows_in_both_forms(n_categories: int) -> None:
+    # Given a feature the model one-hot encodes with 4 values (a Literal) or 200 (a set lookup)
+    categories = tuple(f"v{i}" for i in range(n_categories))
+    request_type = request_model(_categorical_spec(categories, encodes_unknown=True), max_rows=10)
+    # Then a known value is taken in records and in columns
+    request_type.model_validate_json('{"records": [{"x": 1.0, "band": "v3"}]}')
+    request_type.model_validate_json('{"columns": {"x": [1.0, 2.0], "band": ["v0", "v1"]}}')
+    # And an unknown one, or the right letters in another case, is refused naming the field and known values
+    for body, where in (
+        ('{"records": [{"x": 1.0, "band": "v3"}, {"x": 1.0, "band": "V3"}]}', ("records", 1, "band")),
+        ('{"columns": {"x": [1.0, 2.0], "band": ["v0", "nope"]}}', ("columns", "band", 1)),
+    ):
+        with pytest.raises(ValidationError) as refused:
+            request_type.model_validate_json(body)
+        (error,) = refused.value.errors(include_input=False)
+        assert error["loc"] == where
+        assert "'v0'" in error["msg"] and "'v3'" in error["msg"]
+        assert ("200 categories" in error["msg"]) == (n_categories == 200)
+    # And the JSON schema (the OpenAPI document's) lists the values
+    schema = request_type.model_json_schema()
+    record = next(d for name, d in schema["$defs"].items() if name.endswith("Record"))
+    assert record["properties"]["band"]["enum"] == list(categories)
+
+
+def test_accepting_unknown_categories_applies_only_where_the_model_encodes_them() -> None:
+    # Given SLIPWAY_UNKNOWN_CATEGORIES=accept: a model that encodes unknowns as no category takes any string,
+    lenient = request_model(_categorical_spec(("a", "b"), encodes_unknown=True), 10, accept_unknown_categories=True)
+    lenient.model_validate_json('{"records": [{"x": 1.0, "band": "zzz"}]}')
+    # while one whose encoder fails on an unknown value (ONNX Runtime: "Unknown Category") still refuses it
+    strict = request_model(_categorical_spec(("a", "b"), encodes_unknown=False), 10, accept_unknown_categories=True)
+    with pytest.raises(ValidationError, match="band"):
+        strict.model_validate_json('{"records": [{"x": 1.0, "band": "zzz"}]}')
