@@ -18,6 +18,7 @@ from configs import ConfigError, LoadedConfig, Settings, config_schema, load_con
 if TYPE_CHECKING:
     from tasks.deploy import DeployResult, DeployTarget, ServingStatus
     from tasks.image import ImageBuild, ImageContext
+    from tasks.served import ChampionView
     from tasks.stack import ComponentStatus, Launch
     from tasks.types import HistoryEntry, ReleaseSummary
 
@@ -303,9 +304,12 @@ def status(
     current = serving_status(loaded.settings.home)
     processes = stack_status(loaded.settings.home)
     state = read_stack(loaded.settings.home)
+    # Only when something serves: reading the registry of a project that has none yet would create it.
+    champion = _champion(loaded.settings, current.state.backend.model_version) if current.state else None
     if as_json:
         payload = {
             **current.model_dump(mode="json"),
+            "champion": _champion_json(champion),
             "stack": [p.model_dump(mode="json") for p in processes],
             "stack_profile": state.profile if processes else None,
             "stack_databases": state.databases,
@@ -313,6 +317,8 @@ def status(
         console.print(json.dumps(payload), highlight=False, soft_wrap=True)
     else:
         _print_status(current)
+        if champion is not None:
+            _print_champion(loaded.settings, champion)
         _print_stack(processes)
         if processes:
             console.print(f"[bold]{'profile':>14}[/]  {state.profile}", highlight=False)
@@ -614,8 +620,13 @@ def _remote_status(s: Settings, as_json: bool) -> int:
 
     assert s.serving.remote is not None
     view = remote_view.fn(s.serving.remote, s.model.name, api_key(s))
+    champion = _champion(s, view.model_version) if view.model_version else None
     if as_json:
-        console.print(json.dumps(view.model_dump(mode="json") | {"target": "remote"}), highlight=False)
+        extra = {
+            "target": "remote",
+            "champion": champion.model_dump(mode="json") | {"serving_champion": champion.matches},
+        }
+        console.print(json.dumps(view.model_dump(mode="json") | extra), highlight=False)
     else:
         colour = {"serving": "green", "unhealthy": "yellow", "unreachable": "red"}[view.condition]
         console.print(f"[bold]{'status':>14}[/]  [bold {colour}]{view.condition}[/] (remote)", highlight=False)
@@ -623,7 +634,26 @@ def _remote_status(s: Settings, as_json: bool) -> int:
         console.print(f"[bold]{'model':>14}[/]  {s.model.name} {version}", highlight=False)
         console.print(f"[bold]{'URL':>14}[/]  {view.url}/predict", highlight=False)
         console.print(f"[bold]{'detail':>14}[/]  {view.detail}", highlight=False)
+        if champion is not None:
+            _print_champion(s, champion)
     return 0 if view.condition == "serving" and view.model_version else 1
+
+
+def _champion(s: Settings, serving_version: str | None) -> ChampionView:
+    """What the champion alias points at, next to the version serving (which `slipway sync` makes it follow)."""
+    from tasks.resources import registry_from_settings
+    from tasks.served import champion_view
+
+    return champion_view(registry_from_settings(s), s.model.name, s.promotion.champion_alias, serving_version)
+
+
+def _champion_json(champion: ChampionView | None) -> dict[str, Any] | None:
+    return None if champion is None else champion.model_dump(mode="json") | {"serving_champion": champion.matches}
+
+
+def _print_champion(s: Settings, champion: ChampionView) -> None:
+    line = champion.line(s.monitor.sync_interval_s)
+    console.print(f"[bold]{s.promotion.champion_alias:>14}[/]  {line}", highlight=False)
 
 
 def _print_status(current: ServingStatus) -> None:

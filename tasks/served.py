@@ -7,7 +7,11 @@ sync and the monitor only talk to this module, so a promotion in the MLflow UI r
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +22,9 @@ from tasks.package import stored_model_dir
 from tasks.remote import remote_target, remote_view, roll_out
 from tasks.resources import Registry
 from tasks.types import Result
+
+# The password of a URL's user info (postgresql://user:secret@host): never printed.
+_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 ServedCondition = Literal["serving", "degraded", "unreachable", "stopped"]
 
@@ -129,3 +136,64 @@ def deploy_version(settings: Settings, registry: Registry, version: str | None) 
         seconds=time.monotonic() - start,
         detail=f"serving v{result.state.backend.model_version} ({local.bento.tag}) at {result.url}",
     )
+
+
+class ChampionView(Result):
+    """Whether what serves is what the champion alias points at (`slipway status`). `error`: the registry could
+    not be read, so nobody knows."""
+
+    alias: str
+    champion: str | None
+    serving: str | None
+    error: str | None = None
+
+    @property
+    def matches(self) -> bool:
+        return self.error is None and self.champion is not None and self.champion == self.serving
+
+    def line(self, sync_interval_s: float) -> str:
+        if self.error is not None:
+            return f"unknown: {self.error}"
+        if self.champion is None:
+            return f"none: no version has the {self.alias} alias yet"
+        if self.serving is None:
+            return f"v{self.champion}, not serving (`slipway deploy` serves it)"
+        if self.matches:
+            return f"v{self.champion}, serving it"
+        return (
+            f"v{self.champion}, [bold yellow]not serving it[/]: serving v{self.serving} (`slipway sync` deploys the "
+            f"{self.alias}; `slipway up` runs sync every {sync_interval_s:g} s, and a `slipway deploy VERSION` of "
+            "another version stays until the alias moves)"
+        )
+
+
+@contextmanager
+def _quick_registry_calls(timeout_s: float) -> Iterator[None]:
+    """MLflow's HTTP client retries a failed call for minutes by default; a status line must not wait that long."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": f"{timeout_s:g}"}
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def champion_view(
+    registry: Registry, name: str, alias: str, serving_version: str | None, timeout_s: float = 5.0
+) -> ChampionView:
+    """The champion's version next to the serving one; a registry that cannot be read is reported, not raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _quick_registry_calls(timeout_s):
+            champion = registry.aliases(name).get(alias)
+    except MlflowException as exc:
+        reason = (exc.message.splitlines() or [type(exc).__name__])[0][:200]
+        error = f"the registry at {registry.registry_uri} could not be read ({reason})"
+        return ChampionView(alias=alias, champion=None, serving=serving_version, error=_PASSWORD.sub(r"\1***@", error))
+    return ChampionView(alias=alias, champion=champion, serving=serving_version)

@@ -496,10 +496,16 @@ def test_cli_deploys_the_champion_then_a_version_shows_status_and_stops(
     shown = runner.invoke(app, ["status"])
     assert shown.exit_code == 0, shown.output
     assert "serving" in shown.output and f"{MODEL_NAME} v2" in shown.output and "uptime" in shown.output
-    # When a version is given, then it replaces the champion's server
+    assert "champion  v2, serving it" in shown.output
+    # When a version is given, then it replaces the champion's server, and status says the champion is not serving
     assert runner.invoke(app, ["deploy", "1"]).exit_code == 0
     as_json = json.loads(runner.invoke(app, ["status", "--json"]).output)
     assert as_json["condition"] == "serving" and as_json["state"]["backend"]["model_version"] == "1"
+    assert as_json["champion"] == {
+        "alias": "champion", "champion": "2", "serving": "1", "error": None, "serving_champion": False
+    }  # fmt: skip
+    shown = runner.invoke(app, ["status"])
+    assert shown.exit_code == 0 and "champion  v2, not serving it: serving v1 (`slipway sync`" in shown.output
     assert predict(f"http://127.0.0.1:{port}", store.rows[:1])["model_version"] == "1"
     # When a version without a Bento is asked for, then the error names it and exits 1
     missing = runner.invoke(app, ["deploy", "7"])

@@ -128,3 +128,27 @@ def test_promotion_decision_is_data() -> None:
     assert manual.move_challenger and not manual.move_champion
     failed = decide_promotion(_report(True, False), "auto", "champion", "challenger")
     assert not failed.move_challenger and not failed.move_champion and "c1" in failed.reason
+
+
+def test_champion_view_compares_the_alias_with_what_serves(registry: Registry) -> None:
+    # Given no champion, then v1 as champion: the view says none, serving it, or not serving it
+    from tasks.served import champion_view
+
+    (v1, v2) = _versions(registry, 2)
+    assert champion_view(registry, NAME, "champion", v1).line(60).startswith("none: no version has the champion")
+    registry.client.set_registered_model_alias(NAME, "champion", v1)
+    assert champion_view(registry, NAME, "champion", v1).matches
+    behind = champion_view(registry, NAME, "champion", v2)
+    assert not behind.matches and behind.line(60).startswith(f"v{v1}, [bold yellow]not serving it[/]: serving v{v2}")
+
+
+def test_champion_view_reports_an_unreachable_registry_at_once_without_its_password() -> None:
+    # Given a tracking server that is not there (MLflow's client would retry for minutes), when the view is read,
+    # then it comes back with the error instead of raising, naming the server but not the password in its URL.
+    from tasks.served import champion_view
+
+    uri = "http://slipway:s3cret-pw@127.0.0.1:9"
+    view = champion_view(Registry(tracking_uri=uri, registry_uri=uri, experiment="x"), NAME, "champion", "3")
+    assert view.error is not None and not view.matches
+    assert "127.0.0.1:9" in view.error and "s3cret-pw" not in view.error and "slipway:***@" in view.error
+    assert view.line(60).startswith("unknown: the registry at http://slipway:***@127.0.0.1:9 could not be read")
