@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,14 @@ def _where(loc: tuple[str | int, ...], origin: dict[tuple[str, ...], str], defau
     return default
 
 
+def _last_set(fields: Sequence[str], origin: dict[tuple[str, ...], str]) -> tuple[str, ...]:
+    """Of the dotted fields a check involves, the one a layer set last (origin is in the order values were last
+    set), or the first when none was set (all defaults)."""
+    order = {key: rank for rank, key in enumerate(origin)}
+    paths = [tuple(field.split(".")) for field in fields]
+    return max(paths, key=lambda path: order.get(path, -1))
+
+
 def load_config(
     env: str | None = None,
     overlay: Path | None = None,
@@ -240,9 +248,13 @@ def load_config(
         problems = []
         for error in exc.errors():
             loc = tuple(error["loc"])
+            fields = (error.get("ctx") or {}).get("fields")
+            if fields:  # a check across fields (settings.conflict): name the one set last, and where it was set
+                loc = _last_set(fields, origin)
             dotted = ".".join(str(part) for part in loc) or "<root>"
             source = _where(loc, origin, str(files[-1]))
-            problems.append(f"{source}: {dotted}: {error['msg'].lower()}")
+            message = error["msg"] if fields else error["msg"].lower()
+            problems.append(f"{source}: {dotted}: {message}")
         raise ConfigError(problems) from None
     return LoadedConfig(settings=settings, sources=tuple(str(f) for f in files), config_dir=config_dir)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # Evidently 0.7 stattest names slipway accepts for drift (tasks/monitor.py maps each to its statistic).
 NumericalMethod = Literal[
@@ -22,6 +23,13 @@ NumericalMethod = Literal[
     "cramer_von_mises",
 ]
 CategoricalMethod = Literal["jensenshannon", "chisquare", "z", "psi", "kl_div", "hellinger", "TVD", "g_test"]
+
+
+def conflict(fields: tuple[str, ...], message: str) -> PydanticCustomError:
+    """A check across fields: `fields` are their full dotted names, so the config loader can name the one a layer
+    set last and the file that set it, instead of the section (or `<root>`) the validator sits on."""
+    # pydantic fills only `{fields}` in the message from the context; other braces stay as they are.
+    return PydanticCustomError("config_conflict", message, {"fields": fields})
 
 
 class Section(BaseModel):
@@ -61,7 +69,8 @@ class DataSettings(Section):
         needed = {"file": ("path",), "sql": ("url", "query"), "python": ("loader",)}[self.kind]
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
-            raise ValueError(f"data.kind={self.kind!r} needs {', '.join('data.' + m for m in missing)}")
+            needed_fields = tuple(f"data.{m}" for m in missing)
+            raise conflict(("data.kind", *needed_fields), f"data.kind={self.kind!r} needs {', '.join(needed_fields)}")
         return self
 
 
@@ -154,7 +163,10 @@ class PromotionSettings(Section):
     @model_validator(mode="after")
     def _distinct(self) -> PromotionSettings:
         if self.challenger_alias == self.champion_alias:
-            raise ValueError("challenger_alias and champion_alias must differ")
+            raise conflict(
+                ("promotion.challenger_alias", "promotion.champion_alias"),
+                f"challenger_alias and champion_alias must differ (both are {self.champion_alias!r})",
+            )
         return self
 
 
@@ -259,7 +271,9 @@ class ServingSettings(Section):
     @model_validator(mode="after")
     def _remote_given(self) -> ServingSettings:
         if self.target == "remote" and self.remote is None:
-            raise ValueError("target is remote but serving.remote is not set (it needs url and deploy_command)")
+            raise conflict(
+                ("serving.target",), "target is remote but serving.remote is not set (it needs url and deploy_command)"
+            )
         return self
 
 
@@ -398,9 +412,10 @@ class Settings(Section):
     def _retention_covers_the_window(self) -> Settings:
         days = self.serving.inference_log_retention_days
         if days is not None and days * 24 * 60 < self.monitor.window_minutes:
-            raise ValueError(
+            raise conflict(
+                ("serving.inference_log_retention_days", "monitor.window_minutes"),
                 f"serving.inference_log_retention_days ({days:g} days) is shorter than monitor.window_minutes "
-                f"({self.monitor.window_minutes:g} minutes): the monitor would judge rows the retention deletes"
+                f"({self.monitor.window_minutes:g} minutes): the monitor would judge rows the retention deletes",
             )
         return self
 

@@ -69,8 +69,29 @@ def test_environment_variable_overrides_and_is_named_on_error() -> None:
 
 def test_cross_field_rule_is_reported(tmp_path: Path) -> None:
     bad = _write(tmp_path, "data:\n  kind: file\n")
-    with pytest.raises(ConfigError, match=r"data.kind='file' needs data.path"):
+    with pytest.raises(ConfigError, match=rf"{bad}: data.kind: data.kind='file' needs data.path"):
         load_config(overlay=bad, environ={})
+
+
+def test_a_cross_field_rule_names_the_field_set_last_and_where_it_was_set(tmp_path: Path) -> None:
+    # Given the same conflict (retention shorter than the window) reached by setting either side in a different
+    # layer, then the error names the field that was set last, with that layer, never the section or <root>.
+    def refusal(text: str, environ: dict[str, str] | None = None) -> tuple[Path, str]:
+        path = tmp_path / f"overlay-{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(overlay=path, environ=environ or {})
+        return path, str(info.value).splitlines()[-1].strip()
+
+    window, line = refusal("monitor:\n  window_minutes: 100000\n")
+    assert line.startswith(f"{window}: monitor.window_minutes: serving.inference_log_retention_days (30 days)")
+    _, line = refusal("monitor:\n  window_minutes: 100000\n", {"SLIPWAY__SERVING__INFERENCE_LOG_RETENTION_DAYS": "1"})
+    assert line.startswith("environment variable SLIPWAY__SERVING__INFERENCE_LOG_RETENTION_DAYS: serving.inference_log")
+    aliases, line = refusal("promotion:\n  challenger_alias: champion\n")
+    must_differ = "challenger_alias and champion_alias must differ (both are 'champion')"
+    assert line == f"{aliases}: promotion.challenger_alias: {must_differ}"
+    remote, line = refusal("serving:\n  target: remote\n")
+    assert line.startswith(f"{remote}: serving.target: target is remote but serving.remote is not set")
 
 
 def test_a_retention_shorter_than_the_monitor_window_is_refused_naming_both(tmp_path: Path) -> None:
