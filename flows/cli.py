@@ -72,6 +72,14 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
+def _relative(path: Path) -> str:
+    """`path` relative to the current folder when it is under it (shorter to read and to copy), else as it is."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _fail(exc: Exception) -> typer.Exit:
     err.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
     return typer.Exit(1)
@@ -521,21 +529,33 @@ def report_cmd(
 
             webbrowser.open(target.resolve().as_uri())
         return
-    table = _table(
-        f"monitor verdicts ({loaded.settings.model.name})",
-        *("decided (UTC)", "version", "status", "action", "rows", "drift share", "report"),
-    )
-    for record in records[-limit:]:
-        table.add_row(
+    shown = records[-limit:]
+    paths = [_relative(record.html or record.report_dir) for record in shown]
+    rows = [
+        (
             f"{record.decided_at:%Y-%m-%d %H:%M:%S}",
             record.model_version or "-",
             record.status,
             record.action,
             str(record.rows),
             f"{record.drift_share:.2f}" if record.drift_share is not None else "-",
-            str(record.html or record.report_dir),
         )
-    console.print(table)
+        for record in shown
+    ]
+    title = f"monitor verdicts ({loaded.settings.model.name})"
+    if console.width >= 76 + max(map(len, paths)):  # room for the table with every path on one line
+        table = _table(title, "decided (UTC)", "version", "status", "action", "rows", "drift share", "report")
+        for row, path in zip(rows, paths, strict=True):
+            table.add_row(*row, path)
+        console.print(table)
+        return
+    # Narrow (a pipe or `make` is 80 columns): one line per verdict and its report under it, whole, to copy.
+    console.print(f"[bold]{title}[/]\ntimes in UTC; drift: the share of columns drifting", highlight=False)
+    for (decided, version, status, action, n_rows, share), path in zip(rows, paths, strict=True):
+        console.print(
+            f"{decided}  v{version:<4} {status:<7} {action:<10} {n_rows:>7} rows  drift {share}", highlight=False
+        )
+        console.print(f"    {path}", highlight=False, soft_wrap=True)
 
 
 def _opt(path: Path | None) -> str | None:
@@ -622,10 +642,7 @@ def _remote_status(s: Settings, as_json: bool) -> int:
     view = remote_view.fn(s.serving.remote, s.model.name, api_key(s))
     champion = _champion(s, view.model_version) if view.model_version else None
     if as_json:
-        extra = {
-            "target": "remote",
-            "champion": champion.model_dump(mode="json") | {"serving_champion": champion.matches},
-        }
+        extra = {"target": "remote", "champion": _champion_json(champion)}
         console.print(json.dumps(view.model_dump(mode="json") | extra), highlight=False)
     else:
         colour = {"serving": "green", "unhealthy": "yellow", "unreachable": "red"}[view.condition]

@@ -125,3 +125,45 @@ def test_prefect_logs_slipways_own_errors_without_their_traceback() -> None:
     assert keep.filter(own) and keep.filter(other)
     assert own.exc_info is None and "Traceback" not in logging.Formatter().format(own)
     assert other.exc_info is not None and "Traceback" in logging.Formatter().format(other)
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_report_lists_verdicts_with_whole_report_paths_relative_to_the_current_folder(
+    home: Path, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    # Given two verdicts whose reports lie under the current folder, when `slipway report` prints to a pipe
+    # (80 columns) or a wide terminal, then each report's path is on one line, whole, relative to the folder:
+    # in a table when it fits, else one line per verdict with its path under it.
+    from datetime import UTC, datetime
+
+    from configs import load_config
+    from flows import cli
+    from tasks.observe import VerdictRecord, append_verdict
+
+    monkeypatch.chdir(home.parent)
+    monkeypatch.setattr(cli.console, "width", width)
+    monitor = load_config().settings.monitor_dir
+    for minute, status, action in ((1, "ok", "none"), (2, "drift", "retrain")):
+        folder = monitor / f"20261130T23{minute:02d}00000000Z"
+        append_verdict(
+            monitor,
+            VerdictRecord(
+                decided_at=datetime(2026, 11, 30, 23, minute, tzinfo=UTC),
+                status=status,
+                action=action,
+                reason="r",
+                model_version="3",
+                rows=300,
+                drift_share=minute / 2,
+                report_dir=folder,
+                html=folder / "drift.html",
+            ),
+        )
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for minute in (1, 2):
+        path = f".slipway/monitor/20261130T23{minute:02d}00000000Z/drift.html"
+        assert any(path in line for line in lines), result.output
+    assert all(len(line) <= width for line in lines), result.output
+    assert "retrain" in result.output and "1.00" in result.output and "23:02:00" in result.output
