@@ -240,6 +240,11 @@ class ServingSettings(Section):
     workers: int = Field(0, ge=0, description="Serving worker processes; 0 means one per core.")
     max_batch_rows: int = Field(1000, gt=0, description="Largest batch a request may carry.")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    adaptive_batching: bool = Field(
+        True,
+        description="Predict the requests a worker parsed in the same event-loop turn with one model call (at "
+        "most max_batch_rows rows); no timer, nothing shed. false: one model call per request.",
+    )
     unknown_categories: Literal["refuse", "accept"] = Field(
         "refuse",
         description="A category value the model does not know (read off its ONNX encoders): refuse answers 400 "

@@ -133,7 +133,7 @@ class RequestGuard:
                     break
             if fast is not None and messages[-1]["type"] == "http.request":
                 request_id = next((v for n, v in headers if n == b"x-request-id"), None)
-                answer = fast(
+                answer = await fast.answer(
                     b"".join(m.get("body", b"") for m in messages),
                     request_id.decode("latin-1") if request_id is not None else None,
                 )

@@ -24,7 +24,7 @@ from bentoml._internal.context import server_context
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Gauge
+    from prometheus_client import Counter, Gauge, Histogram
 
 ERROR_KINDS = ("validation", "auth", "body_too_large", "internal")
 
@@ -39,6 +39,7 @@ class ServiceMetrics:
     prediction_rows: Counter
     errors: Counter
     model_info: Gauge
+    batch_requests: Histogram
 
     def error(self, kind: str) -> None:
         """Count one refused or failed request of `kind` (one of ERROR_KINDS)."""
@@ -66,6 +67,11 @@ def service_metrics() -> ServiceMetrics:
                     "The model being served (value 1; the labels say which).",
                     ["model_name", "model_version"],
                     multiprocess_mode="max",
+                ),
+                batch_requests=prometheus_client.Histogram(
+                    "slipway_predict_batch_requests",
+                    "Requests answered by one model call (adaptive batching of the fast /predict).",
+                    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
                 ),
             )
         return _METRICS

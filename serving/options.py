@@ -38,6 +38,7 @@ class ServiceOptions:
     open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     fast_path: bool = True
+    adaptive_batching: bool = True
     access_log: bool = True
     unknown_categories: Literal["refuse", "accept"] = "refuse"
 
@@ -118,6 +119,7 @@ def options_from_env(environ: Mapping[str, str], arguments: Mapping[str, Any] | 
         open_paths=DEFAULT_OPEN_PATHS if open_raw is None else _paths(open_raw),
         max_body_bytes=max_body,
         fast_path=_flag(environ, "SLIPWAY_FAST_PATH"),
+        adaptive_batching=_flag(environ, "SLIPWAY_ADAPTIVE_BATCHING"),
         access_log=_flag(environ, "SLIPWAY_ACCESS_LOG"),
         unknown_categories=_unknown_categories(environ),
     )

@@ -8,7 +8,8 @@ and /readyz; OpenAPI at /docs.json.
 
 Environment (full list; see serving.options and serving.inference_log):
 SLIPWAY_MODEL_TAG, SLIPWAY_WORKERS, SLIPWAY_MAX_BATCH_ROWS, SLIPWAY_TIMEOUT_S, SLIPWAY_API_KEYS,
-SLIPWAY_AUTH_OPEN_PATHS, SLIPWAY_MAX_BODY_BYTES, SLIPWAY_FAST_PATH, SLIPWAY_ACCESS_LOG, SLIPWAY_UNKNOWN_CATEGORIES,
+SLIPWAY_AUTH_OPEN_PATHS, SLIPWAY_MAX_BODY_BYTES, SLIPWAY_FAST_PATH, SLIPWAY_ADAPTIVE_BATCHING, SLIPWAY_ACCESS_LOG,
+SLIPWAY_UNKNOWN_CATEGORIES,
 SLIPWAY_INFERENCE_LOG_URL,
 SLIPWAY_INFERENCE_LOG_BATCH_ROWS, SLIPWAY_INFERENCE_LOG_FLUSH_S.
 
@@ -22,6 +23,7 @@ worker's __init__ (threads do not survive fork) and flushed by the on_shutdown h
 (SIGTERM), with atexit as a second net.
 
 Metrics: /metrics is BentoML's (its request histograms per endpoint) plus slipway_prediction_rows_total,
+slipway_predict_batch_requests (requests per model call of the fast path's adaptive batching),
 slipway_errors_total{kind=validation|auth|body_too_large|internal}, slipway_model_info{model_name,
 model_version} = 1 and slipway_inference_log_{rows_written_total,rows_dropped_total{reason},queue_rows}.
 Workers write them in prometheus multiprocess mode to a folder BentoML derives from BENTOML_HOME: two servers
@@ -84,7 +86,16 @@ class SlipwayService:
         log = InferenceLog.from_env(os.environ)
         self.inference_log = log.start() if log is not None else None
         if OPTIONS.fast_path:
-            fastpath.install(FastPredict(self.predictor, PredictRequest, self.metrics, self.inference_log))
+            fastpath.install(
+                FastPredict(
+                    self.predictor,
+                    PredictRequest,
+                    self.metrics,
+                    self.inference_log,
+                    max_batch_rows=OPTIONS.max_batch_rows,
+                    batching=OPTIONS.adaptive_batching,
+                )
+            )
         # In the worker, before its server opens connections: uvicorn decides per connection.
         skip_uvicorn_access_log()
 

@@ -599,6 +599,7 @@ def _serve_env(own_home: Path, serving: ServingSettings, inference_log_url: str)
         SLIPWAY_MAX_BATCH_ROWS=str(serving.max_batch_rows),
         SLIPWAY_MAX_BODY_BYTES=str(serving.max_body_bytes),
         SLIPWAY_UNKNOWN_CATEGORIES=serving.unknown_categories,
+        SLIPWAY_ADAPTIVE_BATCHING="1" if serving.adaptive_batching else "0",
         SLIPWAY_INFERENCE_LOG_URL=inference_log_url,
         # HAProxy's front logs the requests that fail or misbehave (haproxy.log); BentoML's per-request access
         # log would cost each backend more than the model does per request.

@@ -167,6 +167,7 @@ def test_the_service_reads_every_variable_the_deployment_sets_with_a_valid_value
     assert options.workers == int(env["SLIPWAY_WORKERS"])
     assert options.max_batch_rows == int(env["SLIPWAY_MAX_BATCH_ROWS"])
     assert options.unknown_categories == env["SLIPWAY_UNKNOWN_CATEGORIES"]
+    assert options.adaptive_batching is (env["SLIPWAY_ADAPTIVE_BATCHING"] == "1")
 
 
 def test_kustomization_lists_every_file_and_sets_the_deployments_image():

@@ -444,6 +444,57 @@ def test_a_category_the_model_does_not_know_is_refused_with_the_values_it_knows(
     assert "Enormous-Band" not in response.text
 
 
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
+    server: RunningServer, example_model: ExampleModel
+):
+    # Given bursts of 48 requests of 1 to 5 rows sent at once to the one-worker server, each with its own id
+    import asyncio
+    import re
+
+    session = ort.InferenceSession(str(example_model.onnx_path), providers=["CPUExecutionProvider"])
+    features = [(f.name, f.dtype) for f in example_model.schema.features]
+    rows = records_of(example_model)
+
+    def batches() -> tuple[float, float]:
+        text = httpx.get(f"{server.url}/metrics", timeout=10.0).text
+        found = dict(re.findall(r"^slipway_predict_batch_requests_(count|sum) ([0-9.e+]+)$", text, re.M))
+        return float(found.get("count", 0)), float(found.get("sum", 0))
+
+    async def burst(client: httpx.AsyncClient, first: int) -> list[tuple[list[dict[str, Any]], httpx.Response]]:
+        bodies = [[rows[(first + i + j) % len(rows)] for j in range(1 + i % 5)] for i in range(48)]
+        answers = await asyncio.gather(
+            *(
+                client.post("/predict", json={"records": body}, headers={"x-request-id": f"burst-{first}-{i}"})
+                for i, body in enumerate(bodies)
+            )
+        )
+        return list(zip(bodies, answers, strict=True))
+
+    async def run() -> tuple[list[tuple[list[dict[str, Any]], httpx.Response]], float, float]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
+            answered = []
+            calls, requests = batches()
+            for attempt in range(5):  # a burst meets the worker's event loop together: some share a model call
+                answered += await burst(client, attempt * 48)
+                after_calls, after_requests = batches()
+                if after_calls - calls < after_requests - requests:
+                    break
+            return answered, after_calls - calls, after_requests - requests
+
+    answered, calls, requests = asyncio.run(run())
+    # Then every request got a 200 with its own id and exactly what in-process ONNX Runtime answers for its rows
+    for i, (body, response) in enumerate(answered):
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["request_id"] == response.headers["x-request-id"] == f"burst-{i // 48 * 48}-{i % 48}"
+        columns = {name: [row[name] for row in body] for name, _ in features}
+        labels, probabilities = session.run(["label", "probabilities"], feeds_from_columns(features, columns))
+        assert answer["predictions"] == labels.reshape(-1).tolist()
+        np.testing.assert_allclose(np.asarray(answer["probabilities"]), probabilities, rtol=0, atol=1e-6)
+    # And fewer model calls than requests were made: requests were batched
+    assert requests == len(answered) and calls < requests, (calls, requests)
+
+
 def test_finite_values_beyond_float32_are_answered(server: RunningServer, example_model: ExampleModel):
     # Given rows with finite doubles far beyond float32's range (numbers are fed to ONNX as float64)
     rows = records_of(example_model, 3)
