@@ -193,16 +193,23 @@ class FastPredict:
     def _flush(self) -> None:
         """Predict the requests waiting from this turn, in batches of at most max_batch_rows rows."""
         waiting, self._waiting = self._waiting, []
-        batch: list[_Waiting] = []
-        rows = 0
-        for item in waiting:
-            if batch and rows + item.n_rows > self.max_batch_rows:
+        try:
+            batch: list[_Waiting] = []
+            rows = 0
+            for item in waiting:
+                if batch and rows + item.n_rows > self.max_batch_rows:
+                    self._predict_batch(batch)
+                    batch, rows = [], 0
+                batch.append(item)
+                rows += item.n_rows
+            if batch:
                 self._predict_batch(batch)
-                batch, rows = [], 0
-            batch.append(item)
-            rows += item.n_rows
-        if batch:
-            self._predict_batch(batch)
+        except Exception:  # a callback's error would leave these requests waiting for ever: answer them 500
+            _LOG.exception("/predict batch of %d requests failed", len(waiting))
+            for item in waiting:
+                _resolve(
+                    item, Answer(500, dumps({"error": "internal error", "request_id": item.request_id}), item.headers)
+                )
 
     def _predict_batch(self, batch: list[_Waiting]) -> None:
         self.metrics.batch_requests.observe(len(batch))

@@ -145,3 +145,22 @@ def test_a_lone_request_is_answered_in_its_own_turn(example_model: ExampleModel,
     (answer,) = asyncio.run(_answer_all(fast, [_body(example_model, 1, 0)]))
     assert answer.status == 200
     assert _batches() == (calls + 1, requests + 1)
+
+
+def test_an_error_outside_the_model_call_answers_the_batch_500_instead_of_leaving_it_waiting(
+    example_model: ExampleModel, predictor: Predictor
+) -> None:
+    # Given a metric that raises when the batch is counted (any error in the flush callback would otherwise be
+    # swallowed by the event loop, and the requests would wait for ever)
+    import dataclasses
+
+    class Broken:
+        def observe(self, _value: float) -> None:
+            raise RuntimeError("metrics file gone")
+
+    metrics = dataclasses.replace(service_metrics(), batch_requests=Broken())
+    fast = FastPredict(predictor, request_model(predictor.spec, MAX_ROWS), metrics, None)
+    # When three requests arrive together, then each is answered: a 500 naming its request id
+    answers = asyncio.run(asyncio.wait_for(_answer_all(fast, [_body(example_model, 1, i) for i in range(3)]), 10))
+    assert [a.status for a in answers] == [500] * 3
+    assert [json.loads(a.body)["request_id"] for a in answers] == ["req-0", "req-1", "req-2"]
