@@ -137,11 +137,10 @@ def test_report_lists_verdicts_with_whole_report_paths_relative_to_the_current_f
     from datetime import UTC, datetime
 
     from configs import load_config
-    from flows import cli
     from tasks.observe import VerdictRecord, append_verdict
 
     monkeypatch.chdir(home.parent)
-    monkeypatch.setattr(cli.console, "width", width)
+    monkeypatch.setenv("COLUMNS", str(width))  # read by rich at each print (the console has no fixed width)
     monitor = load_config().settings.monitor_dir
     for minute, status, action in ((1, "ok", "none"), (2, "drift", "retrain")):
         folder = monitor / f"20261130T23{minute:02d}00000000Z"

@@ -95,6 +95,8 @@ def test_every_topic_has_a_panel():
         "slipway_model_info",
         "slipway_inference_log_rows_written_total",
         "slipway_inference_log_rows_dropped_total",
+        "slipway_predict_batch_requests_sum",
+        "slipway_predict_batch_requests_count",
     ):
         assert name in by_metric
     sql = " ".join(q.text for q in panel_queries() if q.datasource_type != "prometheus")
