@@ -312,8 +312,12 @@ def status(
     current = serving_status(loaded.settings.home)
     processes = stack_status(loaded.settings.home)
     state = read_stack(loaded.settings.home)
-    # Only when something serves: reading the registry of a project that has none yet would create it.
-    champion = _champion(loaded.settings, current.state.backend.model_version) if current.state else None
+    # The registry of the stack that runs (`slipway up --profile server` may have been given the profile on its
+    # command line only), and only when something serves.
+    settings = loaded.settings
+    if processes and state.profile != settings.stack.profile:
+        settings = settings.model_copy(update={"stack": settings.stack.model_copy(update={"profile": state.profile})})
+    champion = _champion(settings, current.state.backend.model_version) if current.state else None
     if as_json:
         payload = {
             **current.model_dump(mode="json"),

@@ -186,9 +186,14 @@ def _quick_registry_calls(timeout_s: float) -> Iterator[None]:
 def champion_view(
     registry: Registry, name: str, alias: str, serving_version: str | None, timeout_s: float = 5.0
 ) -> ChampionView:
-    """The champion's version next to the serving one; a registry that cannot be read is reported, not raised."""
+    """The champion's version next to the serving one; a registry that cannot be read is reported, not raised.
+    A SQLite registry that does not exist is reported as missing, not created (MLflow's client would create it)."""
     from mlflow.exceptions import MlflowException
 
+    missing = _missing_sqlite_file(registry.registry_uri)
+    if missing is not None:
+        error = f"no MLflow registry at {registry.registry_uri} ({missing} does not exist)"
+        return ChampionView(alias=alias, champion=None, serving=serving_version, error=error)
     try:
         with _quick_registry_calls(timeout_s):
             champion = registry.aliases(name).get(alias)
@@ -197,3 +202,16 @@ def champion_view(
         error = f"the registry at {registry.registry_uri} could not be read ({reason})"
         return ChampionView(alias=alias, champion=None, serving=serving_version, error=_PASSWORD.sub(r"\1***@", error))
     return ChampionView(alias=alias, champion=champion, serving=serving_version)
+
+
+def _missing_sqlite_file(uri: str) -> Path | None:
+    """The file of a `sqlite:///` URI when it does not exist; None for other URIs or an existing file."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return None
+    path = Path(database)
+    return None if path.is_file() else path

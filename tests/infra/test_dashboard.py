@@ -30,6 +30,8 @@ SERVING_METRICS = {
     "slipway_inference_log_rows_written_total",
     "slipway_inference_log_rows_dropped_total",
     "slipway_inference_log_queue_rows",
+    "slipway_predict_batch_requests_sum",
+    "slipway_predict_batch_requests_count",
 }
 MLFLOW_TABLES = {"metrics", "runs", "experiments", "tags"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,13 @@ def test_champion_view_reports_an_unreachable_registry_at_once_without_its_passw
     assert view.error is not None and not view.matches
     assert "127.0.0.1:9" in view.error and "s3cret-pw" not in view.error and "slipway:***@" in view.error
     assert view.line(60).startswith("unknown: the registry at http://slipway:***@127.0.0.1:9 could not be read")
+
+
+def test_champion_view_does_not_create_a_sqlite_registry_that_is_not_there(tmp_path: Path) -> None:
+    # Given a SQLite registry URI whose file does not exist, then the view says so and no file appears
+    from tasks.served import champion_view
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    view = champion_view(Registry(tracking_uri=uri, registry_uri=uri, experiment="x"), NAME, "champion", "1")
+    assert view.error is not None and "no MLflow registry at" in view.error and "does not exist" in view.error
+    assert not (tmp_path / "mlflow.db").exists()
