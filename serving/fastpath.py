@@ -98,24 +98,19 @@ class FastPredict:
         self._waiting: list[_Waiting] = []
 
     def __call__(self, body: bytes, request_id_header: str | None) -> Answer:
-        started = time.perf_counter()
-        request_id = request_id_from(request_id_header)
-        headers = ((b"x-request-id", request_id.encode()),)
-        parsed = self._parse(body, request_id, headers)
-        if isinstance(parsed, Answer):
-            return parsed
-        return self._predict_alone(parsed, request_id, headers, started)
+        received = self._receive(body, request_id_header)
+        if isinstance(received, Answer):
+            return received
+        return self._predict_alone(*received)
 
     async def answer(self, body: bytes, request_id_header: str | None) -> Answer:
         """The answer to one body, predicted in a batch with the requests parsed in the same event-loop turn."""
         if not self.batching:
             return self(body, request_id_header)
-        started = time.perf_counter()
-        request_id = request_id_from(request_id_header)
-        headers = ((b"x-request-id", request_id.encode()),)
-        parsed = self._parse(body, request_id, headers)
-        if isinstance(parsed, Answer):
-            return parsed
+        received = self._receive(body, request_id_header)
+        if isinstance(received, Answer):
+            return received
+        parsed, request_id, headers, started = received
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Answer] = loop.create_future()
         n_rows = len(next(iter(parsed.values())))
@@ -123,6 +118,18 @@ class FastPredict:
         if len(self._waiting) == 1:  # the first of this turn: predict after the requests already scheduled
             loop.call_soon(self._flush)
         return await future
+
+    def _receive(
+        self, body: bytes, request_id_header: str | None
+    ) -> tuple[dict[str, Any], str, tuple[tuple[bytes, bytes], ...], float] | Answer:
+        """(columns, request id, answer headers, start time) of a valid body, or the answer that refuses it."""
+        started = time.perf_counter()
+        request_id = request_id_from(request_id_header)
+        headers = ((b"x-request-id", request_id.encode()),)
+        parsed = self._parse(body, request_id, headers)
+        if isinstance(parsed, Answer):
+            return parsed
+        return parsed, request_id, headers, started
 
     def _parse(self, body: bytes, request_id: str, headers: tuple[tuple[bytes, bytes], ...]) -> dict[str, Any] | Answer:
         """The request's columns, or its 400."""
