@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import ValidationError
@@ -44,24 +44,37 @@ except ImportError:  # pragma: no cover - orjson ships with the Bento; plain jso
 _LOG = logging.getLogger("slipway.serving")
 
 
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
 @dataclass(frozen=True)
 class Answer:
     """An HTTP answer: status, JSON body, extra headers."""
 
     status: int
     body: bytes
-    headers: tuple[tuple[bytes, bytes], ...] = ()
+    headers: Headers = ()
+
+
+def _internal_error(request_id: str, headers: Headers) -> Answer:
+    return Answer(500, dumps({"error": "internal error", "request_id": request_id}), headers)
+
+
+class _Received(NamedTuple):
+    """A valid /predict body as columns, and what its answer needs: the request id, the headers, the start time."""
+
+    columns: dict[str, Any]
+    request_id: str
+    headers: Headers
+    started: float
 
 
 @dataclass
 class _Waiting:
     """A validated request waiting for its turn's batch."""
 
-    columns: dict[str, Any]
+    received: _Received
     n_rows: int
-    request_id: str
-    headers: tuple[tuple[bytes, bytes], ...]
-    started: float
     answer: asyncio.Future[Answer]
 
 
@@ -101,7 +114,7 @@ class FastPredict:
         received = self._receive(body, request_id_header)
         if isinstance(received, Answer):
             return received
-        return self._predict_alone(*received)
+        return self._predict_alone(received)
 
     async def answer(self, body: bytes, request_id_header: str | None) -> Answer:
         """The answer to one body, predicted in a batch with the requests parsed in the same event-loop turn."""
@@ -110,28 +123,24 @@ class FastPredict:
         received = self._receive(body, request_id_header)
         if isinstance(received, Answer):
             return received
-        parsed, request_id, headers, started = received
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Answer] = loop.create_future()
-        n_rows = len(next(iter(parsed.values())))
-        self._waiting.append(_Waiting(parsed, n_rows, request_id, headers, started, future))
+        self._waiting.append(_Waiting(received, len(next(iter(received.columns.values()))), future))
         if len(self._waiting) == 1:  # the first of this turn: predict after the requests already scheduled
             loop.call_soon(self._flush)
         return await future
 
-    def _receive(
-        self, body: bytes, request_id_header: str | None
-    ) -> tuple[dict[str, Any], str, tuple[tuple[bytes, bytes], ...], float] | Answer:
-        """(columns, request id, answer headers, start time) of a valid body, or the answer that refuses it."""
+    def _receive(self, body: bytes, request_id_header: str | None) -> _Received | Answer:
+        """A valid body as columns with its request id, answer headers and start time, or the answer refusing it."""
         started = time.perf_counter()
         request_id = request_id_from(request_id_header)
         headers = ((b"x-request-id", request_id.encode()),)
         parsed = self._parse(body, request_id, headers)
         if isinstance(parsed, Answer):
             return parsed
-        return parsed, request_id, headers, started
+        return _Received(parsed, request_id, headers, started)
 
-    def _parse(self, body: bytes, request_id: str, headers: tuple[tuple[bytes, bytes], ...]) -> dict[str, Any] | Answer:
+    def _parse(self, body: bytes, request_id: str, headers: Headers) -> dict[str, Any] | Answer:
         """The request's columns, or its 400."""
         try:
             request = self.request_type.model_validate_json(body)
@@ -148,31 +157,23 @@ class FastPredict:
             return request_columns(request)
         except Exception:
             _LOG.exception("/predict request %s failed", request_id)
-            return Answer(500, dumps({"error": "internal error", "request_id": request_id}), headers)
+            return _internal_error(request_id, headers)
 
-    def _predict_alone(
-        self, columns: dict[str, Any], request_id: str, headers: tuple[tuple[bytes, bytes], ...], started: float
-    ) -> Answer:
+    def _predict_alone(self, received: _Received) -> Answer:
         try:
-            feeds = self.predictor.feeds(columns)
+            feeds = self.predictor.feeds(received.columns)
             result = self.predictor.run(feeds)
             self.metrics.prediction_rows.inc(len(result.predictions))
-            return self._answer(columns, request_id, headers, started, result, feeds.floats, feeds.float_names)
+            return self._answer(received, result, feeds.floats, feeds.float_names)
         except Exception:
-            _LOG.exception("/predict request %s failed", request_id)
-            return Answer(500, dumps({"error": "internal error", "request_id": request_id}), headers)
+            _LOG.exception("/predict request %s failed", received.request_id)
+            return _internal_error(received.request_id, received.headers)
 
     def _answer(
-        self,
-        columns: dict[str, Any],
-        request_id: str,
-        headers: tuple[tuple[bytes, bytes], ...],
-        started: float,
-        result: Prediction,
-        floats: np.ndarray | None,
-        float_names: tuple[str, ...],
+        self, received: _Received, result: Prediction, floats: np.ndarray | None, float_names: tuple[str, ...]
     ) -> Answer:
         """The 200 for one request's prediction, and its inference-log entry."""
+        columns, request_id, headers, started = received
         spec = self._spec
         answer: dict[str, Any] = {"predictions": result.predictions}
         # Classifiers only: the OpenAPI document types both as arrays (not nullable), so a regressor leaves
@@ -214,30 +215,28 @@ class FastPredict:
         except Exception:  # a callback's error would leave these requests waiting for ever: answer them 500
             _LOG.exception("/predict batch of %d requests failed", len(waiting))
             for item in waiting:
-                _resolve(
-                    item, Answer(500, dumps({"error": "internal error", "request_id": item.request_id}), item.headers)
-                )
+                _resolve(item, _internal_error(item.received.request_id, item.received.headers))
 
     def _predict_batch(self, batch: list[_Waiting]) -> None:
         self.metrics.batch_requests.observe(len(batch))
         if len(batch) == 1:
             (item,) = batch
-            _resolve(item, self._predict_alone(item.columns, item.request_id, item.headers, item.started))
+            _resolve(item, self._predict_alone(item.received))
             return
         try:
-            joined = {
-                name: list(chain.from_iterable(item.columns[name] for item in batch)) for name in batch[0].columns
-            }
+            names = batch[0].received.columns
+            joined = {name: list(chain.from_iterable(item.received.columns[name] for item in batch)) for name in names}
             feeds = self.predictor.feeds(joined)
             result = self.predictor.run(feeds)
-            if len(result.predictions) != sum(item.n_rows for item in batch):
-                raise ValueError(f"{len(result.predictions)} predictions for {len(feeds.arrays)} joined inputs")
+            rows = sum(item.n_rows for item in batch)
+            if len(result.predictions) != rows:
+                raise ValueError(f"{len(result.predictions)} predictions for {rows} joined rows")
         except Exception:
             _LOG.warning(
                 "a batch of %d /predict requests failed together; predicting each alone", len(batch), exc_info=True
             )
             for item in batch:
-                _resolve(item, self._predict_alone(item.columns, item.request_id, item.headers, item.started))
+                _resolve(item, self._predict_alone(item.received))
             return
         self.metrics.prediction_rows.inc(len(result.predictions))
         start = 0
@@ -250,12 +249,10 @@ class FastPredict:
                     scores=None if result.scores is None else result.scores[start:end],
                 )
                 floats = None if feeds.floats is None else feeds.floats[:, start:end]
-                answer = self._answer(
-                    item.columns, item.request_id, item.headers, item.started, part, floats, feeds.float_names
-                )
+                answer = self._answer(item.received, part, floats, feeds.float_names)
             except Exception:
-                _LOG.exception("/predict request %s failed", item.request_id)
-                answer = Answer(500, dumps({"error": "internal error", "request_id": item.request_id}), item.headers)
+                _LOG.exception("/predict request %s failed", item.received.request_id)
+                answer = _internal_error(item.received.request_id, item.received.headers)
             _resolve(item, answer)
             start = end
 
