@@ -1282,9 +1282,10 @@ def _window_query(
     return query.order_by(table.c.ts, table.c.id)
 
 
-def _absent_sqlite_file(url: URL) -> Path | None:
-    """The SQLite file of `url` when it does not exist (a reader connecting would create it empty), else None."""
-    database = _sqlite_file(url)
+def absent_sqlite_file(url: str | URL) -> Path | None:
+    """The SQLite file of `url` when it does not exist (a reader connecting would create it empty), else None.
+    Also what keeps `slipway status` from creating an MLflow registry by reading it."""
+    database = _sqlite_file(make_url(url))
     return database if database is not None and not database.exists() else None
 
 
@@ -1302,7 +1303,7 @@ def _log_columns(connection: Any, table: str, where: str) -> list[Any] | None:
 def _fetch(url: str, query_for: Callable[[Table, set[str]], Any], table: str) -> list[Any]:
     """The rows of the query over the log table; a missing database or table is an InferenceLogError."""
     parsed = make_url(url)
-    database = _absent_sqlite_file(parsed)
+    database = absent_sqlite_file(parsed)
     if database is not None:  # connecting would create an empty file and hide the misconfiguration
         raise InferenceLogError(f"no inference log database at {database}")
     engine = create_log_engine(parsed, writer=False)
@@ -1521,7 +1522,7 @@ def prune_log(
     parsed = make_url(url)
     where = f"{safe_url(parsed)} table {table}"
     cutoff = _as_utc(before)
-    if _absent_sqlite_file(parsed) is not None:  # connecting would create the file
+    if absent_sqlite_file(parsed) is not None:  # connecting would create the file
         return PruneResult(where, cutoff, 0, 0, 0.0, dry_run, found=False)
     t = inference_log_table(MetaData(), table)
     engine = create_log_engine(parsed, writer=False)

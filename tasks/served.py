@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from configs.settings import Settings
+from serving.inference_log import absent_sqlite_file
 from tasks.deploy import TAG_BENTO, bento_info, deploy_bento, resolve_target, serving_status
 from tasks.errors import ServingError
 from tasks.package import stored_model_dir
@@ -190,7 +191,9 @@ def champion_view(
     A SQLite registry that does not exist is reported as missing, not created (MLflow's client would create it)."""
     from mlflow.exceptions import MlflowException
 
-    missing = _missing_sqlite_file(registry.registry_uri)
+    uri = registry.registry_uri
+    # MLflow takes URIs that are no SQLAlchemy URL ("databricks", a folder path): only a sqlite: one has a file.
+    missing = absent_sqlite_file(uri) if uri.startswith("sqlite:") else None
     if missing is not None:
         error = f"no MLflow registry at {registry.registry_uri} ({missing} does not exist)"
         return ChampionView(alias=alias, champion=None, serving=serving_version, error=error)
@@ -202,16 +205,3 @@ def champion_view(
         error = f"the registry at {registry.registry_uri} could not be read ({reason})"
         return ChampionView(alias=alias, champion=None, serving=serving_version, error=_PASSWORD.sub(r"\1***@", error))
     return ChampionView(alias=alias, champion=champion, serving=serving_version)
-
-
-def _missing_sqlite_file(uri: str) -> Path | None:
-    """The file of a `sqlite:///` URI when it does not exist; None for other URIs or an existing file."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(uri).database
-    if not database or database == ":memory:":
-        return None
-    path = Path(database)
-    return None if path.is_file() else path
