@@ -1475,6 +1475,7 @@ def _gc_paused() -> Iterator[None]:
 # (which take turns on SQLite's write lock, with a 5 s busy timeout) wait milliseconds for it, never seconds: a
 # single DELETE of a month's rows would hold the lock for as long as it takes to free gigabytes of pages.
 PRUNE_CHUNK_REQUESTS = 1000
+_PRUNE_PAUSE_MAX_S = 0.25  # the longest idle between two chunks
 
 
 @dataclass(frozen=True)
@@ -1511,7 +1512,8 @@ def prune_log(
     progress: Callable[[int, int], None] | None = None,
 ) -> PruneResult:
     """Delete the requests logged before `before` (naive: UTC), oldest first, in transactions of at most
-    `chunk_requests` requests, so that serving keeps writing meanwhile. `progress(requests, total)` is called
+    `chunk_requests` requests with a pause as long as each chunk after it, so that serving keeps writing
+    meanwhile. `progress(requests, total)` is called
     after each chunk. With `dry_run` only count them. A missing database or table deletes nothing (found=False).
 
     Freed pages are reused by later inserts, so a SQLite file stops growing once retention deletes as much as
@@ -1539,18 +1541,25 @@ def prune_log(
         requests = rows = 0
         oldest = select(t.c.id, t.c.n_rows).where(t.c.ts < cutoff).order_by(t.c.ts).limit(chunk_requests)
         while True:
+            chunk_started = time.monotonic()
             with engine.begin() as connection:
                 chunk = connection.execute(oldest).all()
                 if chunk:
                     connection.execute(delete(t).where(t.c.id.in_([row.id for row in chunk])))
             if not chunk:
                 break
+            held = time.monotonic() - chunk_started
             requests += len(chunk)
             rows += sum(row.n_rows for row in chunk)
             if progress is not None:
                 progress(requests, max(requests, int(total)))
             if len(chunk) < chunk_requests:
                 break
+            # SQLite's lock is not fair: a writer waiting in its busy handler sleeps up to 100 ms between tries,
+            # and chunks started back to back took the lock each time it looked (a writer logging flat out wrote
+            # between 3 of 39 chunks, then nothing). Idle as long as the chunk held the lock, so a waiting writer
+            # finds it free half the time.
+            time.sleep(min(held, _PRUNE_PAUSE_MAX_S))
     except DBAPIError as error:
         raise InferenceLogUnreachable(f"pruning {where}: {_describe(error, parsed.password)}") from None
     finally:
