@@ -40,6 +40,13 @@ def serving(
             "mlflow-sklearn, asgi-limit."
         ),
     ] = None,
+    slipway_body: Annotated[
+        str,
+        typer.Option(
+            help="Body form for slipway, slipway-logged and the ASGI limit: auto (its fastest: records for one row, "
+            "columns for 100 rows), records or columns."
+        ),
+    ] = "auto",
     mlflow_onnx_body: Annotated[
         str, typer.Option(help="Body form for the MLflow ONNX flavor: auto (its fastest), inputs, records or split.")
     ] = "auto",
@@ -108,6 +115,7 @@ def serving(
         warmup_s=warmup,
         floor_s=floor_seconds,
         peers=tuple(peer) if peer else PEER_NAMES,
+        slipway_form=slipway_body,
         mlflow_onnx_form=mlflow_onnx_body,
         mlflow_sklearn_form=mlflow_sklearn_body,
         quiet_threshold=quiet_threshold,

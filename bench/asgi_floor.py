@@ -1,8 +1,8 @@
 """The limit: a bare ASGI app (no framework) around slipway's own Predictor, served by uvicorn with httptools.
 
-Same request and response JSON as slipway's POST /predict for the `records` form, no validation beyond what
-JSON parsing and the feed conversion do. What slipway's endpoint loses against this is the cost of its
-framework and validation. Run as `uvicorn bench.asgi_floor:app` with SLIPWAY_BENCH_MODEL_DIR naming a folder
+Same request and response JSON as slipway's POST /predict (its `records` and `columns` forms), no validation
+beyond what JSON parsing and the feed conversion do. What slipway's endpoint loses against this is the cost of
+its framework and validation. Run as `uvicorn bench.asgi_floor:app` with SLIPWAY_BENCH_MODEL_DIR naming a folder
 that holds `model.onnx` and `slipway.json` (a BentoML model saved by tasks.package); the model loads at
 lifespan start-up, once per worker.
 """
@@ -52,8 +52,12 @@ async def _read_body(receive: Any) -> bytes:
 
 
 def _predict(body: bytes) -> dict[str, Any]:
-    records = orjson.loads(body)["records"]
-    columns = {name: [row[name] for row in records] for name in _state["names"]}
+    request = orjson.loads(body)
+    records = request.get("records")
+    if records is None:
+        columns = request["columns"]
+    else:
+        columns = {name: [row[name] for row in records] for name in _state["names"]}
     result = _state["predictor"].predict(columns)
     return {
         "predictions": result.predictions,

@@ -1,10 +1,10 @@
 """The HTTP peers: how each is prepared from the same model, started, fed and read back.
 
-slipway          the real Bento (tasks.package) under `bentoml serve`, body {"records": [...]}
+slipway          the real Bento (tasks.package) under `bentoml serve`, its fastest body form (records or columns)
 slipway-logged   the same, with the inference log writing every served row to a SQLite file
 mlflow-sklearn   `mlflow models serve` of the fitted Pipeline (sklearn flavor, skops), its fastest body form
 mlflow-onnx      `mlflow models serve` of the same ONNX file (onnx flavor), its fastest body form
-asgi-limit       bench.asgi_floor under uvicorn + httptools + uvloop, body {"records": [...]}
+asgi-limit       bench.asgi_floor under uvicorn + httptools + uvloop, the body slipway gets
 
 All of them run from this virtual environment (no per-model environments), bind 127.0.0.1 only, keep their
 state under the benchmark's temp folder, and get the same number of worker processes unless a case says so.
@@ -99,6 +99,32 @@ def build_slipway_bento(model: BenchModel, home: Path) -> SlipwayBento:
     return SlipwayBento(home=home, bento_tag=ref.tag, model_tag=model_tag, model_dir=home / "models" / name / version)
 
 
+SLIPWAY_FORMS = ("auto", "records", "columns")
+# What `auto` sends slipway (and the ASGI limit) for one-row requests and for batches: its fastest form, measured
+# with `--slipway-body records|columns` (BENCHMARKS.md), as MLFLOW_AUTO_FORMS does for the MLflow peers.
+SLIPWAY_AUTO_FORMS = ("records", "columns")
+
+
+def slipway_body(form: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The request body of slipway's /predict (and of the ASGI limit) in one of its two forms.
+
+    records  {"records": [{feature: value}, ...]}   one object per row
+    columns  {"columns": {feature: [value, ...]}}   one list per feature
+    auto     the fastest form for one-row requests and for batches (SLIPWAY_AUTO_FORMS)
+    """
+    if form not in SLIPWAY_FORMS:
+        raise ValueError(f"unknown body form {form!r}; choose one of {SLIPWAY_FORMS}")
+
+    def body(records: list[dict[str, Any]]) -> dict[str, Any]:
+        one_row, batch = SLIPWAY_AUTO_FORMS
+        chosen = (one_row if len(records) == 1 else batch) if form == "auto" else form
+        if chosen == "columns":
+            return {"columns": {name: [row[name] for row in records] for name in records[0]}}
+        return {"records": records}
+
+    return body
+
+
 def slipway_peer(
     bento: SlipwayBento,
     port: int,
@@ -106,9 +132,11 @@ def slipway_peer(
     tmp: Path,
     inference_log: str | None = None,
     access_log: bool = True,
+    form: str = "auto",
 ) -> Peer:
     """slipway's Bento under `bentoml serve`; with `inference_log` (a SQLAlchemy URL) every served row is logged;
-    `access_log`: BentoML's line per request (on by default, off as `slipway deploy` runs it)."""
+    `access_log`: BentoML's line per request (on by default, off as `slipway deploy` runs it); `form`: the body
+    form (slipway_body)."""
     from tasks.package import bentoml_env
 
     env = {
@@ -122,6 +150,7 @@ def slipway_peer(
         f"SLIPWAY_WORKERS={workers}",
         "BentoML threads=1 per worker (serving/service.py)",
         f"SLIPWAY_ACCESS_LOG={env['SLIPWAY_ACCESS_LOG']}",
+        f"body form {form}",
     )
     if inference_log is not None:
         from serving.inference_log import safe_url
@@ -143,7 +172,7 @@ def slipway_peer(
         port=port,
         ready_path="/readyz",
         predict_path="/predict",
-        body=lambda records: {"records": records},
+        body=slipway_body(form),
         answers=lambda answer: (answer["predictions"], answer["probabilities"]),
         notes=notes,
         logs_inferences=inference_log is not None,
@@ -323,7 +352,8 @@ def mlflow_onnx_peer(
 # --- the bare ASGI limit ---------------------------------------------------------------------------------
 
 
-def asgi_limit_peer(model_dir: Path, port: int, workers: int, tmp: Path) -> Peer:
+def asgi_limit_peer(model_dir: Path, port: int, workers: int, tmp: Path, form: str = "auto") -> Peer:
+    """The bare ASGI app, sent the body slipway gets (`form`: slipway_body)."""
     from bench.asgi_floor import MODEL_DIR_ENV
 
     command = [
@@ -356,9 +386,9 @@ def asgi_limit_peer(model_dir: Path, port: int, workers: int, tmp: Path) -> Peer
         port=port,
         ready_path="/readyz",
         predict_path="/predict",
-        body=lambda records: {"records": records},
+        body=slipway_body(form),
         answers=lambda answer: (answer["predictions"], answer["probabilities"]),
-        notes=(f"--workers {workers}", "serving.predictor.Predictor, orjson, no validation"),
+        notes=(f"--workers {workers}", "serving.predictor.Predictor, orjson, no validation", f"body form {form}"),
     )
 
 

@@ -44,6 +44,7 @@ from bench.model import BenchModel, prepare_model, reference_predictions
 from bench.paired import PairedLogCost, measure_paired
 from bench.peers import (
     MLFLOW_FORMS,
+    SLIPWAY_FORMS,
     Peer,
     asgi_limit_peer,
     build_slipway_bento,
@@ -88,6 +89,7 @@ class ServingOptions:
     warmup_s: float = 2.0
     floor_s: float = 3.0
     peers: tuple[str, ...] = PEER_NAMES
+    slipway_form: str = "auto"
     mlflow_onnx_form: str = "auto"
     mlflow_sklearn_form: str = "auto"
     quiet_threshold: float = 0.10
@@ -189,6 +191,8 @@ def run_serving_benchmark(options: ServingOptions, console: Console) -> tuple[Se
     for form in (options.mlflow_onnx_form, options.mlflow_sklearn_form):
         if form not in MLFLOW_FORMS:
             raise BenchError(f"unknown MLflow body form {form!r}; choose one of {list(MLFLOW_FORMS)}")
+    if options.slipway_form not in SLIPWAY_FORMS:
+        raise BenchError(f"unknown slipway body form {options.slipway_form!r}; choose one of {list(SLIPWAY_FORMS)}")
     find_wrk()  # fail before minutes of preparation, not after
     if options.nice:
         # Inherited by every server and wrk this run starts: on a shared machine, other work yields to the run.
@@ -405,7 +409,11 @@ def _prepare_peers(
         step("saving the BentoML model and building the Bento (tasks.package)")
         bento = build_slipway_bento(model, workdir / "bentoml")
     if "slipway" in selected and bento is not None:
-        peers.append(slipway_peer(bento, free_port(), options.workers, tmp, access_log=options.access_log))
+        peers.append(
+            slipway_peer(
+                bento, free_port(), options.workers, tmp, access_log=options.access_log, form=options.slipway_form
+            )
+        )
     if "slipway-logged" in selected and bento is not None:
         # Its own BentoML home: BentoML empties the home's Prometheus folder at start, and two servers sharing
         # one would mix their counters.
@@ -420,6 +428,7 @@ def _prepare_peers(
                 tmp,
                 inference_log=log_url,
                 access_log=options.access_log,
+                form=options.slipway_form,
             )
         )
     if selected & {"mlflow-onnx", "mlflow-sklearn"}:
@@ -439,7 +448,7 @@ def _prepare_peers(
             )
     if "asgi-limit" in selected and bento is not None:
         for workers in sorted({1, options.workers}):
-            peers.append(asgi_limit_peer(bento.model_dir, free_port(), workers, tmp))
+            peers.append(asgi_limit_peer(bento.model_dir, free_port(), workers, tmp, options.slipway_form))
     ports = [p.port for p in peers]
     if len(set(ports)) != len(ports):  # free_port() gives a free port, not a reserved one
         raise BenchError(f"two peers drew the same free port: {ports}; run again")

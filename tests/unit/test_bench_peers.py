@@ -1,4 +1,5 @@
-"""How the benchmark starts its peers: the access-log switch reaches slipway and both MLflow peers alike."""
+"""How the benchmark starts and feeds its peers: the access-log switch reaches slipway and both MLflow peers
+alike; slipway's two body forms carry the same rows."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.peers import MlflowModels, SlipwayBento, mlflow_onnx_peer, mlflow_sklearn_peer, slipway_peer
+from bench.peers import (
+    MlflowModels,
+    SlipwayBento,
+    asgi_limit_peer,
+    mlflow_onnx_peer,
+    mlflow_sklearn_peer,
+    slipway_body,
+    slipway_peer,
+)
 
 
 @pytest.mark.parametrize("access_log", [True, False])
@@ -58,3 +67,33 @@ def test_the_benchmark_gives_the_log_a_database_of_its_own_and_drops_it(tmp_path
         connection.close()
     with inference_log_store(None, tmp_path) as default:
         assert default == f"sqlite:///{tmp_path / 'inference_log.db'}"
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_slipways_body_forms_carry_the_same_rows_through_its_request_model(tmp_path: Path, rows: int) -> None:
+    from serving.schema import request_columns, request_model
+    from serving.spec import ServingSpec
+
+    features = [{"name": "mean radius", "dtype": "float"}, {"name": "size_band", "dtype": "string"}]
+    spec = ServingSpec.model_validate(
+        {"model_name": "m", "model_version": "1", "task": "regression", "features": features}
+        | {"label_output": "y", "score_output": "y", "sha256": "0" * 64}
+    )
+    records = [{"mean radius": 1.5 + i, "size_band": f"b{i}"} for i in range(rows)]
+    request_type = request_model(spec, max_rows=10)
+    bodies = {form: slipway_body(form)(records) for form in ("records", "columns", "auto")}
+    assert next(iter(bodies["columns"])) == "columns" and next(iter(bodies["records"])) == "records"
+    # auto: records for one row, columns for a batch (SLIPWAY_AUTO_FORMS)
+    assert next(iter(bodies["auto"])) == ("records" if rows == 1 else "columns")
+    as_columns = [
+        {k: list(v) for k, v in request_columns(request_type.model_validate(body)).items()} for body in bodies.values()
+    ]
+    assert (
+        as_columns == [{"mean radius": [1.5 + i for i in range(rows)], "size_band": [f"b{i}" for i in range(rows)]}] * 3
+    )
+    # the ASGI limit is sent what slipway is sent
+    bento = SlipwayBento(home=tmp_path / "bentoml", bento_tag="b:1", model_tag="m:1", model_dir=tmp_path / "m")
+    limit = asgi_limit_peer(tmp_path / "m", 1, 2, tmp_path, "columns")
+    assert limit.body(records) == slipway_peer(bento, 2, 2, tmp_path, form="columns").body(records)
+    with pytest.raises(ValueError, match="unknown body form 'split'"):
+        slipway_body("split")

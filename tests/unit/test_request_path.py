@@ -56,6 +56,15 @@ def test_one_record_of_one_feature_and_the_columns_form_give_the_same_columns() 
     assert as_lists == [{"x": [7.0]}, {"x": [7.0]}]
 
 
+def test_columns_of_different_lengths_are_refused_naming_the_odd_ones_and_the_usual_length() -> None:
+    request_type = request_model(_spec(FEATURES), max_rows=10)
+    columns = {"mean radius": [1.0, 2.0], "schema": [1, 2], "band": ["a"], "flag": [True, False]}
+    with pytest.raises(ValidationError, match=r"most have 2, these differ: \{'band': 1\}"):
+        request_type.model_validate({"columns": columns})
+    columns["band"] = ["a", "b"]
+    assert request_columns(request_type.model_validate({"columns": columns}))["band"] == ["a", "b"]
+
+
 def _doubling_model(path: Path) -> Path:
     """y = 2 * x over one double input of shape [rows, 1]."""
     graph = helper.make_graph(
