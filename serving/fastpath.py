@@ -7,7 +7,8 @@ handler the worker installed here, which validates the raw body with the same py
 a request is capped by SLIPWAY_MAX_BATCH_ROWS), queues the inference-log entry and writes the JSON with orjson.
 Adaptive batching (SLIPWAY_ADAPTIVE_BATCHING, on by default): the requests validated in the same event-loop turn
 share one ONNX Runtime call (FastPredict.answer); a one-row call's fixed cost (~25 us: feeds, session.run,
-results to lists) is then paid once per batch instead of once per request.
+results to lists) is then paid once per batch instead of once per request, and so is the inference log's: the
+call's requests are one log row (InferenceLog.record_batch), each with its own id and latency in it.
 The BentoML API stays registered: it types the OpenAPI document, and serves /predict whenever no handler is
 installed (SLIPWAY_FAST_PATH=0, or before the worker has built the service).
 """
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, NamedTuple
 
-import numpy as np
 from pydantic import ValidationError
 
 from serving.inference_log import InferenceLog
@@ -164,16 +164,27 @@ class FastPredict:
             feeds = self.predictor.feeds(received.columns)
             result = self.predictor.run(feeds)
             self.metrics.prediction_rows.inc(len(result.predictions))
-            return self._answer(received, result, feeds.floats, feeds.float_names)
+            answer = self._answer(received, result)
+            if self.inference_log is not None:
+                spec = self._spec
+                self.inference_log.record_columns(
+                    received.request_id,
+                    spec.model_name,
+                    spec.model_version,
+                    received.columns,
+                    result.predictions,
+                    result.scores,
+                    (time.perf_counter() - received.started) * 1000.0,
+                    floats=feeds.floats,
+                    float_names=feeds.float_names,
+                )
+            return answer
         except Exception:
             _LOG.exception("/predict request %s failed", received.request_id)
             return _internal_error(received.request_id, received.headers)
 
-    def _answer(
-        self, received: _Received, result: Prediction, floats: np.ndarray | None, float_names: tuple[str, ...]
-    ) -> Answer:
-        """The 200 for one request's prediction, and its inference-log entry."""
-        columns, request_id, headers, started = received
+    def _answer(self, received: _Received, result: Prediction) -> Answer:
+        """The 200 for one request's prediction."""
         spec = self._spec
         answer: dict[str, Any] = {"predictions": result.predictions}
         # Classifiers only: the OpenAPI document types both as arrays (not nullable), so a regressor leaves
@@ -182,21 +193,8 @@ class FastPredict:
             answer["probabilities"] = result.probabilities
         if self._classes is not None:
             answer["classes"] = self._classes
-        answer.update(model_name=spec.model_name, model_version=spec.model_version, request_id=request_id)
-        payload = dumps(answer)
-        if self.inference_log is not None:
-            self.inference_log.record_columns(
-                request_id,
-                spec.model_name,
-                spec.model_version,
-                columns,
-                result.predictions,
-                result.scores,
-                (time.perf_counter() - started) * 1000.0,
-                floats=floats,
-                float_names=float_names,
-            )
-        return Answer(200, payload, headers)
+        answer.update(model_name=spec.model_name, model_version=spec.model_version, request_id=received.request_id)
+        return Answer(200, dumps(answer), received.headers)
 
     def _flush(self) -> None:
         """Predict the requests waiting from this turn, in batches of at most max_batch_rows rows."""
@@ -239,6 +237,7 @@ class FastPredict:
                 _resolve(item, self._predict_alone(item.received))
             return
         self.metrics.prediction_rows.inc(len(result.predictions))
+        answered: list[tuple[_Waiting, Answer]] = []
         start = 0
         for item in batch:
             end = start + item.n_rows
@@ -246,15 +245,28 @@ class FastPredict:
                 part = Prediction(
                     predictions=result.predictions[start:end],
                     probabilities=None if result.probabilities is None else result.probabilities[start:end],
-                    scores=None if result.scores is None else result.scores[start:end],
                 )
-                floats = None if feeds.floats is None else feeds.floats[:, start:end]
-                answer = self._answer(item.received, part, floats, feeds.float_names)
+                answer = self._answer(item.received, part)
             except Exception:
                 _LOG.exception("/predict request %s failed", item.received.request_id)
                 answer = _internal_error(item.received.request_id, item.received.headers)
-            _resolve(item, answer)
+            answered.append((item, answer))
             start = end
+        if self.inference_log is not None:  # one log row for the call: each request's id, rows and latency in it
+            now = time.perf_counter()
+            spec = self._spec
+            self.inference_log.record_batch(
+                [(i.received.request_id, i.n_rows, (now - i.received.started) * 1000.0) for i in batch],
+                spec.model_name,
+                spec.model_version,
+                joined,
+                result.predictions,
+                result.scores,
+                floats=feeds.floats,
+                float_names=feeds.float_names,
+            )
+        for item, answer in answered:
+            _resolve(item, answer)
 
 
 def _resolve(item: _Waiting, answer: Answer) -> None:

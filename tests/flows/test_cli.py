@@ -78,12 +78,12 @@ def test_log_prune_counts_then_deletes_what_is_older_than_asked(home: Path) -> N
 
     counted = runner.invoke(app, ["log", "prune", "--dry-run"])
     assert counted.exit_code == 0, counted.output
-    assert "would delete 2 requests (2 predictions) logged before" in counted.output
+    assert "would delete 2 log rows (2 predictions) logged before" in counted.output
     assert len(read_window(url, now - timedelta(days=365))) == 3
 
     pruned = runner.invoke(app, ["log", "prune"])
     assert pruned.exit_code == 0, pruned.output
-    assert "deleted 2 requests (2 predictions)" in pruned.output
+    assert "deleted 2 log rows (2 predictions)" in pruned.output
     assert list(read_window(url, now - timedelta(days=365))["request_id"]) == ["c"]
 
     forever = home.parent / "forever.yaml"

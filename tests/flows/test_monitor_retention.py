@@ -64,7 +64,7 @@ def test_a_monitor_run_prunes_the_log_to_its_retention(
     assert verdict.action == "none"
     assert logged_ids(url) == ["three-days"]
     lines = [r.getMessage() for r in caplog.records if "inference log retention" in r.getMessage()]
-    assert lines and "(7 days): deleted 1 requests (1 predictions) logged before" in lines[0], lines
+    assert lines and "(7 days): deleted 1 log rows (1 predictions) logged before" in lines[0], lines
 
 
 def test_a_failed_prune_is_logged_and_the_verdict_stands(

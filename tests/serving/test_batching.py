@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,21 @@ def test_requests_of_one_turn_share_model_calls_and_each_gets_its_unbatched_answ
     # And the rows went in three calls, in arrival order: 1+3+1+7 (+50 would pass 60), 50+2+1 (+40 would), 40+1
     after_calls, after_requests = _batches()
     assert (after_calls - calls, after_requests - requests) == (3, len(sizes))
-    # And the log holds one entry per request with its own rows, features and predictions
+    # And the log holds one table row per call, in which each request has its own rows, features, predictions
+    # and latency
     window = _logged(inference_log, tmp_path)
     assert window.groupby("request_id").size().to_dict() == {
         f"req-{i if i < 4 else i + 1}": rows for i, rows in enumerate(sizes)
     }
+    assert window.groupby("request_id")["latency_ms"].nunique().eq(1).all() and (window["latency_ms"] > 0).all()
+    with sqlite3.connect(tmp_path / "log.db") as connection:
+        stored = connection.execute("SELECT request_id, n_rows, requests FROM inference_log ORDER BY id").fetchall()
+    assert [(request_id, n_rows) for request_id, n_rows, _ in stored] == [("req-0", 12), ("req-5", 53), ("req-8", 41)]
+    assert [[part[:2] for part in json.loads(requests)] for _, _, requests in stored] == [
+        [["req-0", 1], ["req-1", 3], ["req-2", 1], ["req-3", 7]],
+        [["req-5", 50], ["req-6", 2], ["req-7", 1]],
+        [["req-8", 40], ["req-9", 1]],
+    ]
     for i, (body, answer) in enumerate(zip(bodies, answers, strict=True)):
         if answer.status != 200:
             continue

@@ -248,6 +248,60 @@ def test_columnar_requests_are_expanded_to_rows(sqlite_store: tuple[str, str], m
     ]
 
 
+def test_the_requests_of_one_model_call_are_one_table_row_and_read_back_each_with_its_own_id_and_latency(
+    store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given the requests two model calls answered together (adaptive batching), one of 5 joined rows as JSON
+    and one of 12 with its float features and probabilities as bytes, and a call whose requests do not add up
+    to its predictions, then each call is one table row, every prediction reads back with its own request's id
+    and latency, and the call that does not add up is dropped as invalid and counted, alone."""
+    import numpy as np
+
+    url, table = store
+    small = {"tenure": [1.0, 2.0, 3.0, 4.0, 5.0], "plan": ["a", "b", "c", "d", "e"]}
+    block = np.arange(12, dtype=np.float64).reshape(1, 12) / 3
+    large = {"tenure": block[0].tolist(), "plan": ["p"] * 12}
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record_batch(
+            [("a", 1, 0.5), ("b", 3, 0.75), ("c", 1, 1.0)], "churn", "3", small, [0, 1, 0, 1, 0],
+            np.full((5, 2), 0.5), ts=T0,
+        )  # fmt: skip
+        log.record_batch(
+            [("d", 10, 2.5), ("e", 2, 3.5)], "churn", "3", large, [1] * 12, np.full((12, 2), 0.25),
+            floats=block, float_names=("tenure",), ts=T0 + timedelta(seconds=1),
+        )  # fmt: skip
+        log.record_batch([("f", 1, 1.0), ("g", 3, 1.0)], "churn", "3", small, [0] * 5, None, ts=T0)
+    assert (log.rows_written, log.rows_dropped_invalid) == (17, 5)
+    assert "request 'f' not loggable: ValueError: 5 predictions for requests of [1, 3] rows" in str(log.last_error)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        stored = connection.execute(text(f'SELECT request_id, n_rows, numbers FROM "{table}" ORDER BY id')).all()
+    engine.dispose()
+    assert [(request_id, n_rows, numbers is not None) for request_id, n_rows, numbers in stored] == [
+        ("a", 5, False),
+        ("d", 12, True),
+    ]
+    frame = read_window(url, since=T0, table=table, probabilities=True)
+    assert frame["request_id"].tolist() == ["a", "b", "b", "b", "c", *["d"] * 10, "e", "e"]
+    assert frame["latency_ms"].tolist() == [0.5, 0.75, 0.75, 0.75, 1.0, *[2.5] * 10, 3.5, 3.5]
+    assert frame["tenure"].tolist() == small["tenure"] + large["tenure"]
+    assert frame["plan"].tolist() == small["plan"] + large["plan"]
+    assert frame["probabilities"].tolist() == [[0.5, 0.5]] * 5 + [[0.25, 0.25]] * 12
+    assert frame["ts"].tolist() == [T0] * 5 + [T0 + timedelta(seconds=1)] * 12
+
+
+def test_a_joined_row_whose_requests_do_not_add_up_is_named(tmp_path: Path, metrics: CollectorRegistry) -> None:
+    """Given a joined table row whose `requests` were changed to hold fewer rows than it does, then read_window
+    names the row's first request and both counts instead of misattributing predictions."""
+    url = sqlite_url(tmp_path / "log.db")
+    with InferenceLog(url, registry=metrics) as log:
+        log.record_batch([("a", 1, 0.5), ("b", 2, 0.5)], "churn", "3", {"x": [1.0, 2.0, 3.0]}, [0, 1, 0], None, ts=T0)
+    with sqlite3.connect(tmp_path / "log.db") as connection:
+        connection.execute("""UPDATE inference_log SET requests = '[["a", 1, 0.5], ["b", 1, 0.5]]'""")
+    with pytest.raises(InferenceLogError, match=r"the row of request 'a' holds 3 rows for requests of \[1, 1\] rows"):
+        read_window(url, since=T0)
+
+
 @pytest.mark.parametrize("rows", [_BINARY_MIN_ROWS - 1, _BINARY_MIN_ROWS, 100])
 def test_float_features_of_larger_requests_are_stored_as_bytes_and_read_back(
     store: tuple[str, str], metrics: CollectorRegistry, rows: int
@@ -853,7 +907,7 @@ def test_prune_deletes_the_requests_before_the_cutoff_in_chunks_and_keeps_the_re
     kept = read_window(url, since=now - timedelta(days=365), table=table)
     assert sorted(set(kept["request_id"])) == ["new-0", "new-1", "new-2"]
     assert count_rows(url, table) == 6
-    assert "deleted 7 requests (28 predictions) logged before" in result.line()
+    assert "deleted 7 log rows (28 predictions) logged before" in result.line()
     assert prune_log(url, now - timedelta(days=30), table).requests == 0  # nothing left to delete
 
 
@@ -1060,6 +1114,7 @@ def test_a_log_without_the_numbers_column_gets_it_and_reads_old_and_new_rows(
         old_table.create(connection)
         connection.execute(text(f'ALTER TABLE "{table}" DROP COLUMN numbers'))
         connection.execute(text(f'ALTER TABLE "{table}" DROP COLUMN probability_numbers'))
+        connection.execute(text(f'ALTER TABLE "{table}" DROP COLUMN requests'))
         old_request = {"tenure": [7.0, 8.0], "plan": ["pro", "basic"]}
         connection.execute(
             old_table.insert().values(
@@ -1080,16 +1135,31 @@ def test_a_log_without_the_numbers_column_gets_it_and_reads_old_and_new_rows(
         log.record(request_rows("new", 10, ts=T0 + timedelta(seconds=1)))
         arr = T0 + timedelta(seconds=2)
         log.record_columns("arr", "churn", "3", {"tenure": [1.0] * 10}, [0] * 10, np.full((10, 2), 0.5), 1.0, ts=arr)
-    assert (log.rows_written, log.rows_dropped) == (20, 0)
+        joined = T0 + timedelta(seconds=3)
+        two = [("j1", 1, 1.0), ("j2", 1, 2.0)]
+        log.record_batch(two, "churn", "3", {"tenure": [5.0, 6.0]}, [0, 1], None, ts=joined)
+    assert (log.rows_written, log.rows_dropped) == (22, 0)
 
     with engine.connect() as connection:
-        assert {"numbers", "probability_numbers"} <= {c["name"] for c in inspect(connection).get_columns(table)}
+        added = {"numbers", "probability_numbers", "requests"}
+        assert added <= {c["name"] for c in inspect(connection).get_columns(table)}
         counts = connection.execute(text(f'SELECT COUNT(numbers), COUNT(probability_numbers) FROM "{table}"')).one()
     engine.dispose()
     assert tuple(counts) == (1, 1)  # "new" has float features in bytes, "arr" an array of probabilities
     frame = read_window(url, since=T0, table=table, probabilities=True)
-    assert frame["probabilities"].tolist() == [[0.5, 0.5], [0.25, 0.75], *([[0.25, 0.75]] * 10), *([[0.5, 0.5]] * 10)]
-    frame = frame[frame["request_id"] != "arr"]
+    assert frame["probabilities"].tolist() == [
+        [0.5, 0.5],
+        [0.25, 0.75],
+        *([[0.25, 0.75]] * 10),
+        *([[0.5, 0.5]] * 10),
+        None,
+        None,
+    ]
+    assert frame[frame["request_id"].isin(["j1", "j2"])][["request_id", "latency_ms"]].values.tolist() == [
+        ["j1", 1.0],
+        ["j2", 2.0],
+    ]
+    frame = frame[~frame["request_id"].isin(["arr", "j1", "j2"])]
     assert frame[["request_id", "tenure", "plan"]].values.tolist() == [
         ["old", 7.0, "pro"],
         ["old", 8.0, "basic"],
