@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from configs import ConfigError, LoadedConfig, Settings, config_schema, load_config, process_environment
 
@@ -673,8 +674,9 @@ def _champion_json(champion: ChampionView | None) -> dict[str, Any] | None:
 
 
 def _print_champion(s: Settings, champion: ChampionView) -> None:
-    line = champion.line(s.monitor.sync_interval_s)
-    console.print(f"[bold]{s.promotion.champion_alias:>14}[/]  {line}", highlight=False)
+    line = champion.line(s.monitor.sync_interval_s)  # plain text: printed as is, never read as markup
+    style = "bold yellow" if champion.behind else ""
+    console.print(Text.assemble((f"{s.promotion.champion_alias:>14}", "bold"), "  ", (line, style)), highlight=False)
 
 
 def _print_status(current: ServingStatus) -> None:

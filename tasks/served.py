@@ -152,7 +152,13 @@ class ChampionView(Result):
     def matches(self) -> bool:
         return self.error is None and self.champion is not None and self.champion == self.serving
 
+    @property
+    def behind(self) -> bool:
+        """Another version serves than the one the alias points at."""
+        return self.error is None and None not in (self.champion, self.serving) and not self.matches
+
     def line(self, sync_interval_s: float) -> str:
+        """One line of plain text (no markup: an error message may hold brackets)."""
         if self.error is not None:
             return f"unknown: {self.error}"
         if self.champion is None:
@@ -162,7 +168,7 @@ class ChampionView(Result):
         if self.matches:
             return f"v{self.champion}, serving it"
         return (
-            f"v{self.champion}, [bold yellow]not serving it[/]: serving v{self.serving} (`slipway sync` deploys the "
+            f"v{self.champion}, not serving it: serving v{self.serving} (`slipway sync` deploys the "
             f"{self.alias}; `slipway up` runs sync every {sync_interval_s:g} s, and a `slipway deploy VERSION` of "
             "another version stays until the alias moves)"
         )
