@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, NamedTuple
 
+import numpy as np
 from pydantic import ValidationError
 
+from serving.features import ModelFeeds
 from serving.inference_log import InferenceLog
 from serving.metrics import ServiceMetrics
 from serving.predictor import Prediction, Predictor, request_id_from
@@ -165,23 +167,34 @@ class FastPredict:
             result = self.predictor.run(feeds)
             self.metrics.prediction_rows.inc(len(result.predictions))
             answer = self._answer(received, result)
-            if self.inference_log is not None:
-                spec = self._spec
-                self.inference_log.record_columns(
-                    received.request_id,
-                    spec.model_name,
-                    spec.model_version,
-                    received.columns,
-                    result.predictions,
-                    result.scores,
-                    (time.perf_counter() - received.started) * 1000.0,
-                    floats=feeds.floats,
-                    float_names=feeds.float_names,
-                )
+            self._log_alone(received, result.predictions, result.scores, feeds.floats, feeds.float_names)
             return answer
         except Exception:
             _LOG.exception("/predict request %s failed", received.request_id)
             return _internal_error(received.request_id, received.headers)
+
+    def _log_alone(
+        self,
+        received: _Received,
+        predictions: list[Any],
+        scores: np.ndarray | None,
+        floats: np.ndarray | None,
+        float_names: tuple[str, ...],
+    ) -> None:
+        """One request's inference-log row (when the log is on)."""
+        if self.inference_log is not None:
+            spec = self._spec
+            self.inference_log.record_columns(
+                received.request_id,
+                spec.model_name,
+                spec.model_version,
+                received.columns,
+                predictions,
+                scores,
+                (time.perf_counter() - received.started) * 1000.0,
+                floats=floats,
+                float_names=float_names,
+            )
 
     def _answer(self, received: _Received, result: Prediction) -> Answer:
         """The 200 for one request's prediction."""
@@ -252,11 +265,26 @@ class FastPredict:
                 answer = _internal_error(item.received.request_id, item.received.headers)
             answered.append((item, answer))
             start = end
-        if self.inference_log is not None:  # one log row for the call: each request's id, rows and latency in it
+        for item, answer in answered:
+            _resolve(item, answer)
+        if self.inference_log is not None:  # after the answers: whatever happens here cannot change them
+            self._log_batch(self.inference_log, answered, joined, result, feeds)
+
+    def _log_batch(
+        self,
+        log: InferenceLog,
+        answered: list[tuple[_Waiting, Answer]],
+        joined: dict[str, list[Any]],
+        result: Prediction,
+        feeds: ModelFeeds,
+    ) -> None:
+        """The inference log of one joined call: one row for all its requests (each one's id, rows and latency in
+        it), or, if some request was answered 500 and so was not served, a row for each of the others."""
+        if all(answer.status == 200 for _, answer in answered):
             now = time.perf_counter()
             spec = self._spec
-            self.inference_log.record_batch(
-                [(i.received.request_id, i.n_rows, (now - i.received.started) * 1000.0) for i in batch],
+            log.record_batch(
+                [(i.received.request_id, i.n_rows, (now - i.received.started) * 1000.0) for i, _ in answered],
                 spec.model_name,
                 spec.model_version,
                 joined,
@@ -265,8 +293,15 @@ class FastPredict:
                 floats=feeds.floats,
                 float_names=feeds.float_names,
             )
+            return
+        start = 0
         for item, answer in answered:
-            _resolve(item, answer)
+            end = start + item.n_rows
+            if answer.status == 200:
+                scores = None if result.scores is None else result.scores[start:end]
+                floats = None if feeds.floats is None else feeds.floats[:, start:end]
+                self._log_alone(item.received, result.predictions[start:end], scores, floats, feeds.float_names)
+            start = end
 
 
 def _resolve(item: _Waiting, answer: Answer) -> None:

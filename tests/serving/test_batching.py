@@ -149,6 +149,35 @@ def test_a_joined_call_that_fails_is_answered_request_by_request(
         assert len(json.loads(answer.body)["predictions"]) == 2
 
 
+def test_a_request_answered_500_in_a_joined_call_is_not_logged_and_the_others_are_logged_alone(
+    example_model: ExampleModel,
+    predictor: Predictor,
+    inference_log: InferenceLog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given three requests joined in one call, and an answer that cannot be built for the second
+    fast = FastPredict(predictor, request_model(predictor.spec, MAX_ROWS), service_metrics(), inference_log)
+    real_answer = fast._answer
+
+    def answer_or_fail(received: Any, result: Any) -> Answer:
+        if received.request_id == "req-1":
+            raise RuntimeError("answer failed")
+        return real_answer(received, result)
+
+    monkeypatch.setattr(fast, "_answer", answer_or_fail)
+    # When they are answered
+    answers = asyncio.run(_answer_all(fast, [_body(example_model, rows, i) for i, rows in enumerate((2, 3, 1))]))
+    # Then the second gets its 500 and is not in the log (it was not served); the others are, each its own rows
+    assert [a.status for a in answers] == [200, 500, 200]
+    window = _logged(inference_log, tmp_path)
+    assert window.groupby("request_id", sort=False).size().to_dict() == {"req-0": 2, "req-2": 1}
+    assert window["prediction"].tolist() == [
+        *json.loads(answers[0].body)["predictions"],
+        *json.loads(answers[2].body)["predictions"],
+    ]
+
+
 def test_a_lone_request_is_answered_in_its_own_turn(example_model: ExampleModel, predictor: Predictor) -> None:
     # Given one request, when it is answered, then it does not wait for a timer: one model call, at once
     fast = FastPredict(predictor, request_model(predictor.spec, MAX_ROWS), service_metrics(), None)
