@@ -23,13 +23,14 @@ the block the model's float feeds are views of (serving.features.ModelFeeds). Th
 service gives as a float array go the same way (column `probability_numbers`, float64, row after row; the JSON
 `probabilities` is NULL). read_window reads both forms.
 
-Writing stays off the request's critical work: `InferenceLog.record_columns` (what the service calls; or
-`record_request`, `record`) encodes the request as its table row (orjson and the float block's bytes: ~3 us for one
-row, ~11 us for 100) and appends it to an in-memory deque under a lock held for a microsecond, and ONE daemon writer
-thread per process inserts them in batches (up to `batch_rows` requests per transaction: multi-row INSERTs on
-SQLite, SQLAlchemy's executemany elsewhere): full batches as soon as `batch_rows` requests are waiting, whatever is
-left every `flush_interval_s`. The queue is bounded in predicted rows (`max_queue_rows`). Nothing is ever silently
-lost: rows refused because the queue is full (`queue_full`), rows whose batch failed after a bounded retry
+Writing stays off the request's critical work: `InferenceLog.record_columns` (what the service calls for a
+request predicted alone; `record_batch` for a joined call's requests; or `record_request`, `record`) encodes the
+request as its table row (orjson and the float block's bytes: ~3 us for one row, ~11 us for 100) and appends it
+to an in-memory deque under a lock held for a microsecond, and ONE daemon writer thread per process inserts them in
+batches (up to `batch_rows` table rows per transaction: multi-row INSERTs on SQLite, binary COPY on PostgreSQL
+through psycopg2, SQLAlchemy's executemany elsewhere): full batches as soon as `batch_rows` rows are waiting,
+whatever is left every `flush_interval_s`. The queue is bounded in predicted rows (`max_queue_rows`). Nothing is
+ever silently lost: rows refused because the queue is full (`queue_full`), rows whose batch failed after a bounded retry
 (`write_failed`), rows recorded after close or still queued when close() timed out (`closed`) and requests whose
 values cannot be stored (`invalid`) are counted in attributes and in Prometheus, and the writer thread logs a
 rate-limited warning with the count and the error (request threads never log).
