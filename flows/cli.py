@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -237,16 +238,16 @@ def models(env: EnvOption = None, config: ConfigOption = None) -> None:
     by_version: dict[str, list[str]] = {}
     for alias, version in reg.aliases(name).items():
         by_version.setdefault(version, []).append(alias)
-    table = _table(
-        f"{name} at {loaded.settings.tracking_uri}", "version", "aliases", "status", "gates", "onnx", "bento"
-    )
+    title = f"{name} at {loaded.settings.tracking_uri}"
+    table = _table(title, "version", "aliases", "status", "gates", "onnx", "bento")
     versions = reg.client.search_model_versions(f"name = '{name}'") if reg.model_exists(name) else []
+    rows: list[tuple[str, str, str, str, str, str]] = []
     for mv in sorted(versions, key=lambda v: int(v.version)):
         tags = mv.tags
         status = tags.get("slipway.status", "")
         if TAG_ROLLED_BACK in tags:  # a rollback moved the champion away from it: a rollback never returns to it
             status = f"rolled back ({tags[TAG_ROLLED_BACK]})" if tags[TAG_ROLLED_BACK] else "rolled back"
-        table.add_row(
+        row = (
             str(mv.version),
             ", ".join(sorted(by_version.get(str(mv.version), []))),
             status,
@@ -254,7 +255,20 @@ def models(env: EnvOption = None, config: ConfigOption = None) -> None:
             tags.get("slipway.optimize.variant", ""),
             tags.get("slipway.bento.tag", ""),
         )
-    console.print(table)
+        rows.append(row)
+        table.add_row(*row)
+    unbounded = console.options.update_width(1_000_000)  # the width the table wants, not the console's
+    if Measurement.get(console, unbounded, table).maximum <= console.width:  # every cell on one line
+        console.print(table)
+        return
+    # Narrow (a pipe or `make` is 80 columns): a line per version and its Bento tag under it, whole, to copy.
+    console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
+    for version, aliases, status, gates, onnx_variant, bento in rows:
+        details = [f"gates {gates}" if gates else "", f"onnx {onnx_variant}" if onnx_variant else ""]
+        line = "  ".join(part for part in (f"v{version:<3}", aliases or "-", status, *details) if part)
+        console.print(Text(line), highlight=False, soft_wrap=True)
+        if bento:
+            console.print(f"     Bento {bento}", highlight=False, soft_wrap=True)
 
 
 @app.command("deploy")

@@ -180,10 +180,14 @@ def test_promote_and_two_rollbacks_through_the_flows(home: Path, monkeypatch: py
 
     from flows.cli import app
 
-    listed = CliRunner().invoke(app, ["models"])
+    listed = CliRunner().invoke(app, ["models"], env={"COLUMNS": "80"})  # as `make` shows it: one line a version
     assert listed.exit_code == 0, listed.output
-    rows = {line.split()[1]: line for line in listed.output.splitlines() if line.startswith("│ ")}
+    lines = listed.output.splitlines()
+    rows = {line.split()[0].removeprefix("v"): line for line in lines if line.startswith("v")}
     assert "rolled back" in rows[versions[1]] and "rolled back" not in rows[versions[2]], listed.output
+    # the Bento tag under its version, whole (not folded across lines), as the registry recorded it
+    tag = reg.client.get_model_version(CLASSIFIER, versions[2]).tags["slipway.bento.tag"]
+    assert lines[lines.index(rows[versions[2]]) + 1].split() == ["Bento", tag], listed.output
     # Deploying the rolled-back version is allowed (asked for by number) but said out loud.
     from tasks.deploy import resolve_target
 
