@@ -1312,9 +1312,12 @@ def _window_query(
 ) -> Any:
     # The JSON columns come back as text and read_window decodes them with orjson: SQLAlchemy's JSON type
     # runs json.loads on every value, the larger part of reading a million rows. CAST is the same SQL on
-    # SQLite and PostgreSQL. A column a table was not yet given (_ADDED_COLUMNS) reads as NULL.
+    # SQLite and PostgreSQL. A column a table was not yet given (_ADDED_COLUMNS) reads as NULL; a JSON one as text.
     def added(name: str) -> Any:
-        return (table.c[name] if name in present else null()).label(name)
+        if name not in present:
+            return null().label(name)
+        column = table.c[name]
+        return (cast(column, Text) if isinstance(column.type, JSON) else column).label(name)
 
     columns = [
         cast(table.c.features, Text).label("features"),
@@ -1325,7 +1328,7 @@ def _window_query(
         table.c.model_version,
         table.c.request_id,
         table.c.latency_ms,
-        (cast(table.c.requests, Text) if "requests" in present else null()).label("requests"),
+        added("requests"),
     ]
     if probabilities:
         columns += [cast(table.c.probabilities, Text).label("probabilities"), added("probability_numbers")]

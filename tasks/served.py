@@ -201,7 +201,7 @@ def champion_view(
     # MLflow takes URIs that are no SQLAlchemy URL ("databricks", a folder path): only a sqlite: one has a file.
     missing = absent_sqlite_file(uri) if uri.startswith("sqlite:") else None
     if missing is not None:
-        error = f"no MLflow registry at {registry.registry_uri} ({missing} does not exist)"
+        error = f"no MLflow registry at {uri} ({missing} does not exist)"
         return ChampionView(alias=alias, champion=None, serving=serving_version, error=error)
     try:
         with _quick_registry_calls(timeout_s):
