@@ -30,15 +30,18 @@ def feature_records(frame: pd.DataFrame, target: str = "malignant") -> list[dict
     return records
 
 
-def send(url: str, frame: pd.DataFrame, batch: int = 20, target: str = "malignant") -> int:
-    """POST the frame's feature rows to /predict in batches; any answer but 200 is an error."""
+def send(url: str, frame: pd.DataFrame, batch: int = 20, target: str = "malignant") -> str:
+    """POST the frame's feature rows to /predict in batches; any answer but 200 is an error. Returns the last
+    answer's request id."""
     records = feature_records(frame, target)
+    request_id = ""
     with httpx.Client(base_url=url, timeout=30.0) as client:
         for start in range(0, len(records), batch):
             answer = client.post("/predict", json={"records": records[start : start + batch]})
             if answer.status_code != 200:
                 raise RuntimeError(f"/predict answered {answer.status_code}: {answer.text[:300]}")
-    return len(records)
+            request_id = answer.json()["request_id"]
+    return request_id
 
 
 def wait_logged(log_url: str, since: datetime, rows: int, timeout_s: float = 30.0) -> int:
@@ -103,9 +106,9 @@ def main(
         )
 
         phase = datetime.now(UTC)
-        send(url, shifted_traffic(data, rows, seed=12))
+        last_request = send(url, shifted_traffic(data, rows, seed=12))
         wait_logged(loaded.settings.inference_log_url, phase, rows)
-        mark("traffic", f"{rows} rows of shifted traffic (only malignant tumours)")
+        mark("traffic", f"{rows} rows of shifted traffic (only malignant tumours), the last request {last_request}")
         verdict = monitor_flow(config_file=overlay, since=phase)
         drift = verdict.drift.summary() if verdict.drift is not None else "not computed"
         mark("monitor", f"{verdict.status} -> {verdict.action}: {drift}", str(verdict.report_path))
@@ -128,7 +131,11 @@ def main(
     for row in timeline:
         table.add_row(*row)
     console.print(table)
-    console.print("`slipway report` lists the verdicts; `slipway history` shows the alias moves.")
+    console.print(
+        "`slipway report` lists the verdicts; `slipway history` shows the alias moves; "
+        f"`slipway log show {last_request}` shows what serving was sent and answered for the last request.",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

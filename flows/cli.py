@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,10 +34,18 @@ app = typer.Typer(
     "optimize, validate, build a Bento, promote), promote, roll back.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Markdown: help paragraphs reflow to the terminal (typer's "rich" mode keeps a docstring's line breaks).
+    rich_markup_mode="markdown",
 )
-config_app = typer.Typer(help="Inspect the configuration: merged values and the schema.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect the configuration: merged values and the schema.", no_args_is_help=True, rich_markup_mode="markdown"
+)
 app.add_typer(config_app, name="config")
-log_app = typer.Typer(help="The inference log: what serving saw, one table row per request.", no_args_is_help=True)
+log_app = typer.Typer(
+    help="The inference log: what serving saw, one table row per request.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(log_app, name="log")
 
 EnvOption = Annotated[
@@ -506,6 +515,130 @@ def log_prune(
         except InferenceLogError as exc:
             raise _fail(exc) from None
     console.print(result.line(), highlight=False)
+
+
+_DATETIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"]
+# Where a request that new_request_id named is looked for: from a minute before the time in its id (another
+# host's clock) to ten minutes after (its latency, a slow worker); a row is stamped when its answer is logged.
+_ID_WINDOW = (60.0, 600.0)
+
+
+@log_app.command("show")
+def log_show(
+    request_id: Annotated[str, typer.Argument(help="The request id: a response's request_id or X-Request-ID header.")],
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=_DATETIME_FORMATS,
+            metavar="TIME",
+            help="Search rows logged from this time (UTC, e.g. 2026-12-01 or '2026-12-01 14:05:00'). Default: around "
+            "the time in a request id slipway made, else the whole log.",
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=_DATETIME_FORMATS, metavar="TIME", help="Search rows logged before this time (UTC)."),
+    ] = None,
+    rows: Annotated[int, typer.Option(min=1, help="Rows of a request shown in the table (--json gives all).")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the request and all its rows as JSON.")] = False,
+    env: EnvOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show what serving saw and answered for one request: its features, predictions and class probabilities,
+    the model version, latency and when it was logged.
+
+    Found alone in its log row or among the requests of one model call (adaptive batching). A request id the
+    service made carries its time, so only that minute of the log is read; for an id a caller sent
+    (X-Request-ID), --since/--until narrow the search of a large log."""
+    from datetime import UTC, timedelta
+
+    from serving.inference_log import InferenceLogError, find_request, safe_url
+    from serving.predictor import is_request_id, request_id_time
+
+    if not is_request_id(request_id):
+        err.print(
+            f"{request_id!r} is not a request id: the service keeps 1 to 128 letters, digits and ._:- "
+            "(it made a new id for a request that sent another X-Request-ID)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    s = _load(env, config).settings
+    made = request_id_time(request_id)
+    if since is None and until is None and made is not None:
+        since, until = made - timedelta(seconds=_ID_WINDOW[0]), made + timedelta(seconds=_ID_WINDOW[1])
+    since, until = (None if t is None else t if t.tzinfo else t.replace(tzinfo=UTC) for t in (since, until))
+    try:
+        frame = find_request(s.inference_log_url, request_id, since, until)
+    except InferenceLogError as exc:
+        raise _fail(exc) from None
+    if frame.empty:
+        between = "".join(
+            (
+                f" logged from {since:%Y-%m-%d %H:%M:%S} UTC" if since else "",
+                f" before {until:%Y-%m-%d %H:%M:%S} UTC" if until else "",
+            )
+        )
+        err.print(
+            f"no request {request_id}{between} in the inference log at {safe_url(s.inference_log_url)}", highlight=False
+        )
+        raise typer.Exit(1)
+    calls = [part for _, part in frame.groupby(["ts", "model_version"], sort=True)]
+    if as_json:
+        console.print_json(json.dumps([_logged_call(part) for part in calls], default=str))
+        return
+    for part in calls:
+        _print_logged_call(request_id, part, rows)
+
+
+_LOG_META = ("ts", "model_version", "request_id", "latency_ms")
+
+
+def _logged_call(part: Any) -> dict[str, Any]:
+    """One logging of a request (a caller can send one X-Request-ID twice) as JSON-ready values."""
+    first = part.iloc[0]
+    records = part.drop(columns=list(_LOG_META)).to_dict(orient="records")
+    return {
+        "request_id": first["request_id"],
+        "model_version": first["model_version"],
+        "logged_at": first["ts"].isoformat(),
+        "latency_ms": float(first["latency_ms"]),
+        "rows": [{key: value for key, value in record.items() if not _is_missing(value)} for record in records],
+    }
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _print_logged_call(request_id: str, part: Any, shown: int) -> None:
+    first = part.iloc[0]
+    n = len(part)
+    console.print(
+        f"[bold]request {request_id}[/]: {n} row{'s' if n != 1 else ''}, model version {first['model_version']}, "
+        f"logged {first['ts']:%Y-%m-%d %H:%M:%S.%f} UTC, latency {first['latency_ms']:.2f} ms",
+        highlight=False,
+    )
+    head = part.head(shown)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("feature", style="bold")
+    for i in range(len(head)):
+        table.add_column(f"row {i}", overflow="fold")
+    for name in [c for c in part.columns if c not in (*_LOG_META, "prediction", "probabilities")]:
+        table.add_row(name, *(_cell(value) for value in head[name]))
+    table.add_row("[green]prediction[/]", *(_cell(value) for value in head["prediction"]))
+    if head["probabilities"].notna().any():
+        table.add_row("[green]probabilities[/]", *(_cell(value) for value in head["probabilities"]))
+    console.print(table)
+    if n > shown:
+        console.print(f"... {n - shown} more rows (--rows {n}, or --json)", highlight=False)
+
+
+def _cell(value: Any) -> str:
+    if _is_missing(value):
+        return "-"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 @app.command("sync")

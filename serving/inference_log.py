@@ -1305,10 +1305,11 @@ def _is_transient(error: BaseException) -> bool:
 def _window_query(
     table: Table,
     present: set[str],
-    since: datetime,
+    since: datetime | None,
     until: datetime | None,
     model_version: str | None,
     probabilities: bool = False,
+    request_id: str | None = None,
 ) -> Any:
     # The JSON columns come back as text and read_window decodes them with orjson: SQLAlchemy's JSON type
     # runs json.loads on every value, the larger part of reading a million rows. CAST is the same SQL on
@@ -1332,11 +1333,19 @@ def _window_query(
     ]
     if probabilities:
         columns += [cast(table.c.probabilities, Text).label("probabilities"), added("probability_numbers")]
-    query = select(*columns).where(table.c.ts >= _as_utc(since))
+    query = select(*columns)
+    if since is not None:
+        query = query.where(table.c.ts >= _as_utc(since))
     if until is not None:
         query = query.where(table.c.ts < _as_utc(until))
     if model_version is not None:
         query = query.where(table.c.model_version == model_version)
+    if request_id is not None:  # its own table row, or one of the requests of a joined row (`requests`)
+        found = table.c.request_id == request_id
+        if "requests" in present:
+            escaped = request_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            found = found | cast(table.c.requests, Text).like(f'%"{escaped}"%', escape="\\")
+        query = query.where(found)
     return query.order_by(table.c.ts, table.c.id)
 
 
@@ -1408,85 +1417,111 @@ def read_window(
     lacked it), then prediction, ts (UTC), model_version, request_id, latency_ms, and with `probabilities` a
     column of that name (the row's class probabilities as a list; None where the model gave none); ordered by
     time. Naive datetimes are taken as UTC."""
-    import pandas as pd  # here, not at import: the service does not need pandas to write
 
     def query(t: Table, present: set[str]) -> Any:
         return _window_query(t, present, since, until, model_version, probabilities)
 
     with _gc_paused():
-        requests = _fetch(url, query, table)
-        columns: dict[str, list[Any]] = {}
-        predictions: list[Any] = []
-        ts: list[Any] = []
-        versions: list[Any] = []
-        request_ids: list[Any] = []
-        latencies: list[Any] = []
-        probability_rows: list[Any] = []
-        total = 0
-        for request in requests:
-            n = request.n_rows
-            features = _json_loads(request.features) or {}
-            floats = _float64_values(request.numbers) if request.numbers is not None else None
-            i = 0
-            for name, values in features.items():
-                if values is None:  # the next n values of `numbers`
-                    if floats is None or len(floats) < i + n:
-                        raise _floats_misfit(request.request_id, floats, n)
-                    values = floats[i : i + n]
-                    i += n
-                elif len(values) != n:
-                    raise InferenceLogError(
-                        f"request {request.request_id!r}: feature {name!r} has {len(values)} values for {n} rows"
-                    )
-                column = columns.get(name)
-                if column is None:
-                    column = columns[name] = [None] * total
-                column.extend(values)
-            if floats is not None and len(floats) != i:
-                raise _floats_misfit(request.request_id, floats, n)
-            total += n
-            if len(features) != len(columns):  # features this request did not have: None for its rows
-                for column in columns.values():
-                    column.extend([None] * (total - len(column)))
-            predictions.extend(_json_loads(request.predictions))
-            if probabilities:
-                probability_rows.extend(_probability_rows(request))
-            if n == 1:
-                ts.append(request.ts)
-                versions.append(request.model_version)
-                request_ids.append(request.request_id)
-                latencies.append(request.latency_ms)
-                continue
-            ts.extend([request.ts] * n)
-            versions.extend([request.model_version] * n)
-            if request.requests is None:
-                request_ids.extend([request.request_id] * n)
-                latencies.extend([request.latency_ms] * n)
-                continue
-            parts = _json_loads(request.requests)
-            if sum(part[1] for part in parts) != n:
+        return _frame_of(_fetch(url, query, table), table, probabilities)
+
+
+def find_request(
+    url: str,
+    request_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    table: str = "inference_log",
+) -> pd.DataFrame:
+    """The logged rows of one request, as read_window gives them (with `probabilities`): those of its own table
+    row, or its share of a row it was logged in with the other requests of one model call. Searches the rows
+    logged from `since` to `until` (each None: no bound); empty when none is the request's. The index on
+    request_id finds a request that has its own row, or came first in a joined one; the rest of a joined row's
+    requests are found by reading the `requests` column of every row in the range, so give the range where you
+    know it (serving.predictor.request_id_time reads it off a request id slipway made)."""
+
+    def query(t: Table, present: set[str]) -> Any:
+        return _window_query(t, present, since, until, None, probabilities=True, request_id=request_id)
+
+    frame = _frame_of(_fetch(url, query, table), table, probabilities=True)
+    return frame[frame["request_id"] == request_id].reset_index(drop=True)
+
+
+def _frame_of(requests: Sequence[Any], table: str, probabilities: bool) -> pd.DataFrame:
+    """The table rows of `requests` (rows of _window_query) as read_window's frame, a row per prediction."""
+    import pandas as pd  # here, not at import: the service does not need pandas to write
+
+    columns: dict[str, list[Any]] = {}
+    predictions: list[Any] = []
+    ts: list[Any] = []
+    versions: list[Any] = []
+    request_ids: list[Any] = []
+    latencies: list[Any] = []
+    probability_rows: list[Any] = []
+    total = 0
+    for request in requests:
+        n = request.n_rows
+        features = _json_loads(request.features) or {}
+        floats = _float64_values(request.numbers) if request.numbers is not None else None
+        i = 0
+        for name, values in features.items():
+            if values is None:  # the next n values of `numbers`
+                if floats is None or len(floats) < i + n:
+                    raise _floats_misfit(request.request_id, floats, n)
+                values = floats[i : i + n]
+                i += n
+            elif len(values) != n:
                 raise InferenceLogError(
-                    f"the row of request {request.request_id!r} holds {n} rows for requests of "
-                    f"{[part[1] for part in parts]} rows"
+                    f"request {request.request_id!r}: feature {name!r} has {len(values)} values for {n} rows"
                 )
-            for part_id, part_rows, part_latency in parts:
-                request_ids.extend([part_id] * part_rows)
-                latencies.extend([part_latency] * part_rows)
-        if len(predictions) != total:
-            raise InferenceLogError(f"the log holds {len(predictions)} predictions for {total} rows in {table!r}")
-        meta = [*META_COLUMNS, "probabilities"] if probabilities else list(META_COLUMNS)
-        clashes = sorted(set(columns) & set(meta))
-        if clashes:
-            raise InferenceLogError(f"features {clashes} have the names of inference log columns {meta}")
-        frame = pd.DataFrame(columns, index=pd.RangeIndex(total))
-        frame["prediction"] = pd.Series(predictions, dtype=object)
-        frame["ts"] = pd.to_datetime(ts, utc=True)
-        frame["model_version"] = pd.Series(versions, dtype=object)
-        frame["request_id"] = pd.Series(request_ids, dtype=object)
-        frame["latency_ms"] = pd.Series(latencies, dtype="float64")
+            column = columns.get(name)
+            if column is None:
+                column = columns[name] = [None] * total
+            column.extend(values)
+        if floats is not None and len(floats) != i:
+            raise _floats_misfit(request.request_id, floats, n)
+        total += n
+        if len(features) != len(columns):  # features this request did not have: None for its rows
+            for column in columns.values():
+                column.extend([None] * (total - len(column)))
+        predictions.extend(_json_loads(request.predictions))
         if probabilities:
-            frame["probabilities"] = pd.Series(probability_rows, dtype=object)
-        return frame
+            probability_rows.extend(_probability_rows(request))
+        if n == 1:
+            ts.append(request.ts)
+            versions.append(request.model_version)
+            request_ids.append(request.request_id)
+            latencies.append(request.latency_ms)
+            continue
+        ts.extend([request.ts] * n)
+        versions.extend([request.model_version] * n)
+        if request.requests is None:
+            request_ids.extend([request.request_id] * n)
+            latencies.extend([request.latency_ms] * n)
+            continue
+        parts = _json_loads(request.requests)
+        if sum(part[1] for part in parts) != n:
+            raise InferenceLogError(
+                f"the row of request {request.request_id!r} holds {n} rows for requests of "
+                f"{[part[1] for part in parts]} rows"
+            )
+        for part_id, part_rows, part_latency in parts:
+            request_ids.extend([part_id] * part_rows)
+            latencies.extend([part_latency] * part_rows)
+    if len(predictions) != total:
+        raise InferenceLogError(f"the log holds {len(predictions)} predictions for {total} rows in {table!r}")
+    meta = [*META_COLUMNS, "probabilities"] if probabilities else list(META_COLUMNS)
+    clashes = sorted(set(columns) & set(meta))
+    if clashes:
+        raise InferenceLogError(f"features {clashes} have the names of inference log columns {meta}")
+    frame = pd.DataFrame(columns, index=pd.RangeIndex(total))
+    frame["prediction"] = pd.Series(predictions, dtype=object)
+    frame["ts"] = pd.to_datetime(ts, utc=True)
+    frame["model_version"] = pd.Series(versions, dtype=object)
+    frame["request_id"] = pd.Series(request_ids, dtype=object)
+    frame["latency_ms"] = pd.Series(latencies, dtype="float64")
+    if probabilities:
+        frame["probabilities"] = pd.Series(probability_rows, dtype=object)
+    return frame
 
 
 def _probability_rows(request: Any) -> list[Any]:

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,14 @@ class Predictor:
         return Prediction(predictions=scores.astype(np.float64).reshape(-1).tolist(), probabilities=None)
 
 
+def is_request_id(value: str) -> bool:
+    """Whether `value` is a request id the service keeps: 1 to 128 letters, digits and `._:-`."""
+    return _REQUEST_ID.match(value) is not None
+
+
 def request_id_from(header: str | None) -> str:
     """The caller's X-Request-ID when it is a sane token, else a fresh one (new_request_id)."""
-    if header and _REQUEST_ID.match(header):
+    if header and is_request_id(header):
         return header
     return new_request_id()
 
@@ -144,6 +150,21 @@ def new_request_id() -> str:
     the inference log's request_id index grows at its right edge instead of at a random page per request (a
     random key there cost the log's writer about a third of its time per row)."""
     return f"{time.time_ns():016x}{secrets.token_hex(8)}"
+
+
+_SLIPWAY_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID_TIMES_NS = (1_577_836_800 * 10**9, 4_102_444_800 * 10**9)  # 2020-01-01 to 2100-01-01: ids new_request_id made
+
+
+def request_id_time(request_id: str) -> datetime | None:
+    """When new_request_id made `request_id` (UTC), or None when it is not one of its ids: another shape, or a
+    time outside 2020-2099 (a caller's X-Request-ID of 32 hex digits is random there)."""
+    if not _SLIPWAY_ID.match(request_id):
+        return None
+    ns = int(request_id[:16], 16)
+    if not _ID_TIMES_NS[0] <= ns < _ID_TIMES_NS[1]:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
 def predict_response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train"], ["release"], ["promote"], ["rollback"], ["history"], ["config"], ["log", "prune"]]
+    "command",
+    [[], ["train"], ["release"], ["promote"], ["rollback"], ["history"], ["config"], ["log", "prune"], ["log", "show"]],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
@@ -90,6 +92,53 @@ def test_log_prune_counts_then_deletes_what_is_older_than_asked(home: Path) -> N
     forever.write_text("serving:\n  inference_log_retention_days: null\n")
     refused = runner.invoke(app, ["log", "prune", "--config", str(forever)])
     assert refused.exit_code == 2 and "--older-than-days" in refused.output
+
+
+def test_log_show_finds_a_request_by_its_id_alone_or_in_a_joined_model_call(home: Path) -> None:
+    # Given a request the service named logged alone, two more answered by one model call, and a caller's id
+    # logged a day ago, `slipway log show` prints each request's own rows, finds the caller's id with --since,
+    # and names the range it searched when an id is not there.
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from serving.inference_log import InferenceLog, LoggedRow, sqlite_url
+    from serving.predictor import new_request_id
+
+    alone, first, second = new_request_id(), new_request_id(), new_request_id()
+    now = datetime.now(UTC)
+    log = InferenceLog(sqlite_url(home / "inference_log.db"), registry=CollectorRegistry()).start()
+    log.record([LoggedRow(alone, "m", "2", 0, {"x": 0.5, "kind": "a"}, 1, 2.0, [0.25, 0.75])])
+    features = {"x": [1.0, 2.0, 3.0], "kind": ["b", "c", "d"]}
+    log.record_batch([(first, 1, 1.0), (second, 2, 1.25)], "m", "2", features, [0, 1, 1], np.full((3, 2), 0.5))
+    log.record([LoggedRow("caller-7", "m", "1", 0, {"x": 9.0}, 0, 3.0, None, now - timedelta(days=1))])
+    log.close(timeout_s=30)
+
+    shown = runner.invoke(app, ["log", "show", second])
+    assert shown.exit_code == 0, shown.output
+    assert f"request {second}: 2 rows, model version 2" in shown.output and "latency 1.25 ms" in shown.output
+    assert [line.split() for line in shown.output.splitlines() if line.startswith(("x ", "kind", "prediction"))] == [
+        ["x", "2", "3"],
+        ["kind", "c", "d"],
+        ["prediction", "1", "1"],
+    ]
+    [call] = json.loads(runner.invoke(app, ["log", "show", alone, "--json"]).output)
+    assert call["rows"] == [{"x": 0.5, "kind": "a", "prediction": 1, "probabilities": [0.25, 0.75]}]
+    assert call["latency_ms"] == 2.0 and call["model_version"] == "2"
+    one_row = runner.invoke(app, ["log", "show", second, "--rows", "1"])
+    assert "... 1 more rows (--rows 2, or --json)" in one_row.output
+
+    since = (now - timedelta(days=2)).strftime("%Y-%m-%d")
+    found = runner.invoke(app, ["log", "show", "caller-7", "--since", since, "--json"])
+    assert found.exit_code == 0 and json.loads(found.output)[0]["rows"] == [{"x": 9.0, "prediction": 0}]
+    missing = runner.invoke(app, ["log", "show", "caller-7", "--since", now.strftime("%Y-%m-%d %H:%M:%S")])
+    assert missing.exit_code == 1
+    assert f"no request caller-7 logged from {now:%Y-%m-%d %H:%M:%S} UTC in the inference log at sqlite:///" in (
+        missing.output
+    )
+    bad = runner.invoke(app, ["log", "show", "a b"])
+    assert bad.exit_code == 2 and "'a b' is not a request id" in bad.output
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e9"])

@@ -506,7 +506,8 @@ def test_cli_deploys_the_champion_then_a_version_shows_status_and_stops(
     }  # fmt: skip
     shown = runner.invoke(app, ["status"])
     assert shown.exit_code == 0 and "champion  v2, not serving it: serving v1 (`slipway sync`" in shown.output
-    assert predict(f"http://127.0.0.1:{port}", store.rows[:1])["model_version"] == "1"
+    answered = predict(f"http://127.0.0.1:{port}", store.rows[:2])
+    assert answered["model_version"] == "1"
     # When a version without a Bento is asked for, then the error names it and exits 1
     missing = runner.invoke(app, ["deploy", "7"])
     assert missing.exit_code == 1 and "no version 7" in missing.output
@@ -515,6 +516,15 @@ def test_cli_deploys_the_champion_then_a_version_shows_status_and_stops(
     assert stopped.exit_code == 0 and "stopped" in stopped.output, stopped.output
     after = runner.invoke(app, ["status"])
     assert after.exit_code == 1 and "stopped" in after.output
+    # Then the stop flushed the inference log, and `slipway log show` finds the request: what it was sent, what
+    # it answered, with which version
+    logged = runner.invoke(app, ["log", "show", answered["request_id"], "--json"])
+    assert logged.exit_code == 0, logged.output
+    [call] = json.loads(logged.output)
+    assert call["request_id"] == answered["request_id"] and call["model_version"] == "1"
+    assert [row["prediction"] for row in call["rows"]] == answered["predictions"]
+    assert [row["probabilities"] for row in call["rows"]] == answered["probabilities"]
+    assert [{k: v for k, v in row.items() if k in store.rows[0]} for row in call["rows"]] == store.rows[:2]
 
 
 # --- without HAProxy, and the front's config ---------------------------------------------------------------

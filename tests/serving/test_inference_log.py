@@ -34,6 +34,7 @@ from serving.inference_log import (
     InferenceLogError,
     LoggedRequest,
     LoggedRow,
+    find_request,
     inference_log_table,
     prune_log,
     read_window,
@@ -999,6 +1000,43 @@ def test_read_window_returns_one_column_per_feature_and_filters(
     eastern = timezone(timedelta(hours=-5))
     assert len(read_window(url, since=T0.astimezone(eastern), table=table)) == 7
     assert len(read_window(url, since=T0.replace(tzinfo=None), until=T0 + timedelta(minutes=6), table=table)) == 2
+
+
+def test_find_request_finds_a_request_alone_in_its_row_or_among_the_requests_of_one_model_call(
+    store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a request logged alone, three answered by one model call (the middle one's id holds a LIKE wildcard,
+    `_`, and another id matches it as a pattern), and an id a caller sent twice, then find_request returns each
+    request's own rows with its latency and probabilities, both loggings of the repeated id, nothing for an
+    unknown id, and nothing outside the asked time range."""
+    import numpy as np
+
+    url, table = store
+    joined = {"tenure": [1.0, 2.0, 3.0, 4.0, 5.0], "plan": ["a", "b", "c", "d", "e"]}
+    with InferenceLog(url, table=table, registry=metrics) as log:
+        log.record(request_rows("solo", 2, ts=T0))
+        log.record_batch(
+            [("first", 1, 0.5), ("mid_1", 3, 0.75), ("midx1", 1, 1.0)], "churn", "3", joined, [0, 1, 0, 1, 0],
+            np.arange(10, dtype=np.float64).reshape(5, 2) / 10, ts=T0 + timedelta(seconds=1),
+        )  # fmt: skip
+        log.record(request_rows("again", 1, ts=T0 + timedelta(minutes=1)))
+        log.record(request_rows("again", 1, model_version="4", ts=T0 + timedelta(minutes=2)))
+
+    middle = find_request(url, "mid_1", table=table)
+    assert middle["request_id"].tolist() == ["mid_1"] * 3
+    assert middle["tenure"].tolist() == [2.0, 3.0, 4.0] and middle["plan"].tolist() == ["b", "c", "d"]
+    assert middle["prediction"].tolist() == [1, 0, 1]
+    assert middle["probabilities"].tolist() == [[0.2, 0.3], [0.4, 0.5], [0.6, 0.7]]
+    assert middle["latency_ms"].tolist() == [0.75] * 3
+    assert middle["ts"].tolist() == [T0 + timedelta(seconds=1)] * 3
+    assert find_request(url, "first", table=table)["tenure"].tolist() == [1.0]
+    assert find_request(url, "midx1", table=table)["plan"].tolist() == ["e"]
+    solo = find_request(url, "solo", since=T0, until=T0 + timedelta(seconds=1), table=table)
+    assert solo["prediction"].tolist() == [0, 1]
+    assert find_request(url, "again", table=table)["model_version"].tolist() == ["3", "4"]
+    assert find_request(url, "nobody", table=table).empty
+    assert find_request(url, "mid_1", since=T0 + timedelta(seconds=2), table=table).empty
+    assert find_request(url, "mid_1", until=T0 + timedelta(seconds=1), table=table).empty
 
 
 def test_read_window_names_what_is_missing(tmp_path: Path, sqlite_store: tuple[str, str]) -> None:
