@@ -610,7 +610,10 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _print_logged_call(request_id: str, part: Any, shown: int) -> None:
+def _print_logged_call(request_id: str, part: Any, asked: int) -> None:
+    """The request's line, then a table of its rows side by side: a line per feature, the prediction and a line
+    per class probability (in the model's class order). As many rows as asked for and as fit the terminal
+    (a cell is never folded over lines); the rest are counted."""
     first = part.iloc[0]
     n = len(part)
     console.print(
@@ -618,27 +621,37 @@ def _print_logged_call(request_id: str, part: Any, shown: int) -> None:
         f"logged {first['ts']:%Y-%m-%d %H:%M:%S.%f} UTC, latency {first['latency_ms']:.2f} ms",
         highlight=False,
     )
-    head = part.head(shown)
+    head = part.head(asked)
+    names = [c for c in part.columns if c not in (*_LOG_META, "prediction", "probabilities")]
+    lines = [(name, [_cell(value) for value in head[name]]) for name in names]
+    lines.append(("[green]prediction[/]", [_cell(value) for value in head["prediction"]]))
+    classes = max((len(value) for value in head["probabilities"] if isinstance(value, list)), default=0)
+    for k in range(classes):
+        cells = [_cell(v[k]) if isinstance(v, list) and k < len(v) else "-" for v in head["probabilities"]]
+        lines.append((f"[green]probabilities[{k}][/]", cells))
+    label_width = max(map(len, [*names, "feature", f"probabilities[{classes}]"]))
+    cell_width = max(len(cell) for _, cells in lines for cell in [*cells, f"row {len(head) - 1}"])
+    shown = max(1, min(len(head), (console.width - label_width) // (cell_width + 2)))
     table = Table(box=None, pad_edge=False)
-    table.add_column("feature", style="bold")
-    for i in range(len(head)):
-        table.add_column(f"row {i}", overflow="fold")
-    for name in [c for c in part.columns if c not in (*_LOG_META, "prediction", "probabilities")]:
-        table.add_row(name, *(_cell(value) for value in head[name]))
-    table.add_row("[green]prediction[/]", *(_cell(value) for value in head["prediction"]))
-    if head["probabilities"].notna().any():
-        table.add_row("[green]probabilities[/]", *(_cell(value) for value in head["probabilities"]))
+    table.add_column("feature", style="bold", no_wrap=True, min_width=label_width)
+    for i in range(shown):
+        table.add_column(f"row {i}", no_wrap=True, min_width=cell_width)
+    for label, cells in lines:
+        table.add_row(label, *cells[:shown])
     console.print(table)
     if n > shown:
-        console.print(f"... {n - shown} more rows (--rows {n}, or --json)", highlight=False)
+        more = n - shown
+        console.print(
+            f"... {more} more row{'s' if more != 1 else ''}: "
+            f"--rows {n} (as many as the terminal is wide for), or --json",
+            highlight=False,
+        )
 
 
 def _cell(value: Any) -> str:
     if _is_missing(value):
         return "-"
-    if isinstance(value, list):
-        return "[" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) + "]"
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return f"{value:.5g}" if isinstance(value, float) else str(value)  # --json has every digit
 
 
 @app.command("sync")

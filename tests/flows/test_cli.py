@@ -127,7 +127,7 @@ def test_log_show_finds_a_request_by_its_id_alone_or_in_a_joined_model_call(home
     assert call["rows"] == [{"x": 0.5, "kind": "a", "prediction": 1, "probabilities": [0.25, 0.75]}]
     assert call["latency_ms"] == 2.0 and call["model_version"] == "2"
     one_row = runner.invoke(app, ["log", "show", second, "--rows", "1"])
-    assert "... 1 more rows (--rows 2, or --json)" in one_row.output
+    assert "... 1 more row: --rows 2 (as many as the terminal is wide for), or --json" in one_row.output
 
     since = (now - timedelta(days=2)).strftime("%Y-%m-%d")
     found = runner.invoke(app, ["log", "show", "caller-7", "--since", since, "--json"])
