@@ -548,7 +548,7 @@ def log_show(
     the model version, latency and when it was logged.
 
     Found alone in its log row or among the requests of one model call (adaptive batching). A request id the
-    service made carries its time, so only that minute of the log is read; for an id a caller sent
+    service made carries its time, so only the minutes around it are read; for an id a caller sent
     (X-Request-ID), --since/--until narrow the search of a large log."""
     from datetime import UTC, timedelta
 
@@ -623,12 +623,13 @@ def _print_logged_call(request_id: str, part: Any, asked: int) -> None:
     )
     head = part.head(asked)
     names = [c for c in part.columns if c not in (*_LOG_META, "prediction", "probabilities")]
-    lines = [(name, [_cell(value) for value in head[name]]) for name in names]
-    lines.append(("[green]prediction[/]", [_cell(value) for value in head["prediction"]]))
+    # Text, not markup: a feature may be called "x[0]" or "[b]".
+    lines = [(Text(name), [_cell(value) for value in head[name]]) for name in names]
+    lines.append((Text("prediction", style="green"), [_cell(value) for value in head["prediction"]]))
     classes = max((len(value) for value in head["probabilities"] if isinstance(value, list)), default=0)
     for k in range(classes):
         cells = [_cell(v[k]) if isinstance(v, list) and k < len(v) else "-" for v in head["probabilities"]]
-        lines.append((f"[green]probabilities[{k}][/]", cells))
+        lines.append((Text(f"probabilities[{k}]", style="green"), cells))
     label_width = max(map(len, [*names, "feature", f"probabilities[{classes}]"]))
     cell_width = max(len(cell) for _, cells in lines for cell in [*cells, f"row {len(head) - 1}"])
     shown = max(1, min(len(head), (console.width - label_width) // (cell_width + 2)))
@@ -637,7 +638,7 @@ def _print_logged_call(request_id: str, part: Any, asked: int) -> None:
     for i in range(shown):
         table.add_column(f"row {i}", no_wrap=True, min_width=cell_width)
     for label, cells in lines:
-        table.add_row(label, *cells[:shown])
+        table.add_row(label, *(Text(cell) for cell in cells[:shown]))
     console.print(table)
     if n > shown:
         more = n - shown

@@ -109,7 +109,7 @@ def test_log_show_finds_a_request_by_its_id_alone_or_in_a_joined_model_call(home
     alone, first, second = new_request_id(), new_request_id(), new_request_id()
     now = datetime.now(UTC)
     log = InferenceLog(sqlite_url(home / "inference_log.db"), registry=CollectorRegistry()).start()
-    log.record([LoggedRow(alone, "m", "2", 0, {"x": 0.5, "kind": "a"}, 1, 2.0, [0.25, 0.75])])
+    log.record([LoggedRow(alone, "m", "2", 0, {"x": 0.5, "kind": "a", "[b]w[0]": 7}, 1, 2.0, [0.25, 0.75])])
     features = {"x": [1.0, 2.0, 3.0], "kind": ["b", "c", "d"]}
     log.record_batch([(first, 1, 1.0), (second, 2, 1.25)], "m", "2", features, [0, 1, 1], np.full((3, 2), 0.5))
     log.record([LoggedRow("caller-7", "m", "1", 0, {"x": 9.0}, 0, 3.0, None, now - timedelta(days=1))])
@@ -124,7 +124,9 @@ def test_log_show_finds_a_request_by_its_id_alone_or_in_a_joined_model_call(home
         ["prediction", "1", "1"],
     ]
     [call] = json.loads(runner.invoke(app, ["log", "show", alone, "--json"]).output)
-    assert call["rows"] == [{"x": 0.5, "kind": "a", "prediction": 1, "probabilities": [0.25, 0.75]}]
+    assert call["rows"] == [{"x": 0.5, "kind": "a", "[b]w[0]": 7, "prediction": 1, "probabilities": [0.25, 0.75]}]
+    # a feature name is printed as it is, not read as markup
+    assert "[b]w[0]  " in runner.invoke(app, ["log", "show", alone]).output
     assert call["latency_ms"] == 2.0 and call["model_version"] == "2"
     one_row = runner.invoke(app, ["log", "show", second, "--rows", "1"])
     assert "... 1 more row: --rows 2 (as many as the terminal is wide for), or --json" in one_row.output
