@@ -521,6 +521,9 @@ _DATETIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%
 # Where a request that new_request_id named is looked for: from a minute before the time in its id (another
 # host's clock) to ten minutes after (its latency, a slow worker); a row is stamped when its answer is logged.
 _ID_WINDOW = (60.0, 600.0)
+# Where a caller's id is looked for without --since/--until: the last day (a joined row's requests are found by
+# reading every row in the range, and a busy log holds gigabytes an hour).
+_CALLER_ID_DAYS = 1.0
 
 
 @log_app.command("show")
@@ -532,7 +535,7 @@ def log_show(
             formats=_DATETIME_FORMATS,
             metavar="TIME",
             help="Search rows logged from this time (UTC, e.g. 2026-12-01 or '2026-12-01 14:05:00'). Default: around "
-            "the time in a request id slipway made, else the whole log.",
+            "the time in a request id slipway made, else the last 24 hours.",
         ),
     ] = None,
     until: Annotated[
@@ -548,8 +551,8 @@ def log_show(
     the model version, latency and when it was logged.
 
     Found alone in its log row or among the requests of one model call (adaptive batching). A request id the
-    service made carries its time, so only the minutes around it are read; for an id a caller sent
-    (X-Request-ID), --since/--until narrow the search of a large log."""
+    service made carries its time, so only the minutes around it are read; an id a caller sent (X-Request-ID) is
+    looked for in the last 24 hours, or from --since to --until."""
     from datetime import UTC, timedelta
 
     from serving.inference_log import InferenceLogError, find_request, safe_url
@@ -564,8 +567,11 @@ def log_show(
         raise typer.Exit(2)
     s = _load(env, config).settings
     made = request_id_time(request_id)
-    if since is None and until is None and made is not None:
-        since, until = made - timedelta(seconds=_ID_WINDOW[0]), made + timedelta(seconds=_ID_WINDOW[1])
+    if since is None and until is None:
+        if made is not None:
+            since, until = made - timedelta(seconds=_ID_WINDOW[0]), made + timedelta(seconds=_ID_WINDOW[1])
+        else:
+            since = datetime.now(UTC) - timedelta(days=_CALLER_ID_DAYS)
     since, until = (None if t is None else t if t.tzinfo else t.replace(tzinfo=UTC) for t in (since, until))
     try:
         frame = find_request(s.inference_log_url, request_id, since, until)
@@ -578,8 +584,10 @@ def log_show(
                 f" before {until:%Y-%m-%d %H:%M:%S} UTC" if until else "",
             )
         )
+        wider = "" if made is not None else " (--since and --until search another range)"
         err.print(
-            f"no request {request_id}{between} in the inference log at {safe_url(s.inference_log_url)}", highlight=False
+            f"no request {request_id}{between} in the inference log at {safe_url(s.inference_log_url)}{wider}",
+            highlight=False,
         )
         raise typer.Exit(1)
     calls = [part for _, part in frame.groupby(["ts", "model_version"], sort=True)]

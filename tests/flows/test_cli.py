@@ -131,6 +131,9 @@ def test_log_show_finds_a_request_by_its_id_alone_or_in_a_joined_model_call(home
     one_row = runner.invoke(app, ["log", "show", second, "--rows", "1"])
     assert "... 1 more row: --rows 2 (as many as the terminal is wide for), or --json" in one_row.output
 
+    # A caller's id is looked for in the last day unless asked otherwise: caller-7 was logged just before it
+    recent = runner.invoke(app, ["log", "show", "caller-7"])
+    assert recent.exit_code == 1 and "(--since and --until search another range)" in recent.output
     since = (now - timedelta(days=2)).strftime("%Y-%m-%d")
     found = runner.invoke(app, ["log", "show", "caller-7", "--since", since, "--json"])
     assert found.exit_code == 0 and json.loads(found.output)[0]["rows"] == [{"x": 9.0, "prediction": 0}]
