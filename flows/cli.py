@@ -42,7 +42,8 @@ config_app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 log_app = typer.Typer(
-    help="The inference log: what serving saw, one table row per request.",
+    help="The inference log: what serving was sent and answered (a table row per model call). `log show` looks a "
+    "request up; `log prune` deletes old rows.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
