@@ -639,7 +639,7 @@ def _print_logged_call(request_id: str, part: Any, asked: int) -> None:
     for k in range(classes):
         cells = [_cell(v[k]) if isinstance(v, list) and k < len(v) else "-" for v in head["probabilities"]]
         lines.append((Text(f"probabilities[{k}]", style="green"), cells))
-    label_width = max(map(len, [*names, "feature", f"probabilities[{classes}]"]))
+    label_width = max(len(label) for label in ["feature", *(label.plain for label, _ in lines)])
     cell_width = max(len(cell) for _, cells in lines for cell in [*cells, f"row {len(head) - 1}"])
     shown = max(1, min(len(head), (console.width - label_width) // (cell_width + 2)))
     table = Table(box=None, pad_edge=False)
