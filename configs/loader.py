@@ -112,6 +112,23 @@ def _merge(
                     origin[sub] = source
 
 
+def _forget_other_models_params(
+    merged: dict[str, Any], layer: Mapping[str, Any], origin: dict[tuple[str, ...], str]
+) -> None:
+    """A layer that names another model entrypoint starts that model's params afresh: the lower layers' params
+    were meant for their own builder (the base's tree-ensemble settings mean nothing to an MLP, and would be
+    logged to MLflow as if they did)."""
+    model = layer.get("model")
+    lower = merged.get("model")
+    if not (isinstance(model, Mapping) and isinstance(lower, dict) and "entrypoint" in model):
+        return
+    if model["entrypoint"] == lower.get("entrypoint") or "params" not in lower:
+        return
+    del lower["params"]
+    for path in [p for p in origin if p[:2] == ("model", "params")]:
+        del origin[path]
+
+
 def _leaf_paths(mapping: Mapping[str, Any], prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
     paths = []
     for key, value in mapping.items():
@@ -229,7 +246,9 @@ def load_config(
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
     for path in files:
-        _merge(merged, _read_yaml(path), str(path), origin)
+        layer = _read_yaml(path)
+        _forget_other_models_params(merged, layer, origin)
+        _merge(merged, layer, str(path), origin)
     secrets_file = environ.get(SECRETS_FILE_ENV, "").strip()
     if secrets_file:
         _merge(merged, _read_yaml(Path(secrets_file)), f"secrets file {secrets_file}", origin)

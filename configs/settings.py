@@ -83,7 +83,9 @@ class ModelSettings(Section):
         "compatible estimator (a Pipeline, XGBoost or LightGBM model).",
     )
     params: dict[str, str | int | float | bool | None] = Field(
-        default_factory=dict, description="Hyper-parameters passed to the entrypoint and logged to MLflow."
+        default_factory=dict,
+        description="Hyper-parameters passed to the entrypoint and logged to MLflow. A config layer that sets "
+        "another `entrypoint` starts its params afresh (the lower layers' params were for their builder).",
     )
     expectations: str = Field(
         ..., description="Great Expectations suite file name under configs/expectations/ (or a path)."

@@ -14,6 +14,8 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from examples import check_params
+
 CATEGORICAL = ["sex"]
 
 
@@ -26,6 +28,7 @@ def load_data() -> pd.DataFrame:
 
 def build_model(params: dict[str, Any]) -> Pipeline:
     """Scale numeric columns, one-hot `sex`, then a random forest."""
+    check_params(params, ("n_estimators", "max_depth", "random_state"))
     numeric = [c for c in load_data().columns if c not in (*CATEGORICAL, "progression")]
     pre = ColumnTransformer(
         [

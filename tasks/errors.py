@@ -17,6 +17,10 @@ class DataSourceError(SlipwayError):
     """Training or evaluation data could not be loaded or does not have the expected shape."""
 
 
+class ModelBuildError(SlipwayError):
+    """The configured entrypoint refused its params (model.params) or could not build an estimator."""
+
+
 class ConversionUnsupported(SlipwayError):
     """The estimator (or a step of a pipeline) has no ONNX converter."""
 

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import DataSettings
-from tasks.errors import DataSourceError
+from tasks.errors import DataSourceError, ModelBuildError
 from tasks.resources import Registry
 from tasks.types import ModelSchema, TrainedModel
 
@@ -94,7 +94,10 @@ def reference_sample(train: pd.DataFrame, target: str, rows: int, random_state: 
 @task(name="fit", cache_policy=NO_CACHE)
 def fit_model(entrypoint: str, params: dict[str, Any], train: pd.DataFrame, target: str) -> Any:
     """Build the estimator through the configured entrypoint and fit it on the training split."""
-    estimator = import_entrypoint(entrypoint)(dict(params))
+    try:
+        estimator = import_entrypoint(entrypoint)(dict(params))
+    except (TypeError, ValueError) as exc:
+        raise ModelBuildError(f"model.params {dict(params)} for entrypoint {entrypoint}: {exc}") from exc
     return estimator.fit(train.drop(columns=[target]), train[target])
 
 

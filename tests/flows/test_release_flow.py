@@ -211,6 +211,23 @@ def test_regression_example_releases(home: Path) -> None:
     assert quality.measured["metric"] == "rmse"
 
 
+def test_mlp_example_releases_with_its_own_params(home: Path) -> None:
+    # Given the MLP overlay (same data and preprocessing, a neural network), when trained and released, then it
+    # passes parity on raw holdout rows and becomes champion, and its MLflow run holds the MLP's params only
+    # (none of base.yaml's tree-ensemble settings).
+    import mlflow
+
+    from flows.train import train_flow
+
+    summary = train_flow(config_file=str(Path(__file__).resolve().parents[2] / "examples" / "mlp.yaml"))
+    assert summary.model_name == "breast-cancer-mlp"
+    assert summary.gate_passed and summary.aliases["champion"] == summary.version
+    parity = next(c for c in summary.checks if c.name == "parity")
+    assert parity.measured["max_abs_diff"] <= 1e-4
+    run = mlflow.MlflowClient(summary.tracking_uri).get_run(summary.run_id)
+    assert run.data.params == {"hidden_layers": "1", "hidden_units": "64", "alpha": "0.0001", "max_iter": "1000"}
+
+
 def test_latency_budget_is_enforced_in_the_release(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a latency budget no model can meet, when the example is released, then the latency gate fails
     # with the measured p99 and the budget, and no alias moves.

@@ -23,8 +23,44 @@ def test_every_shipped_env_loads(env: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_every_shipped_example_overlay_loads(overlay: Path) -> None:
+    # Given a shipped overlay, when loaded, then its suite exists and its builder takes every param it is given
+    # (the builders refuse a param they do not read).
+    from tasks.train import import_entrypoint
+
     loaded = load_config(overlay=overlay, environ={})
     assert loaded.expectations_path().exists()
+    model = loaded.settings.model
+    assert import_entrypoint(model.entrypoint)(dict(model.params)) is not None
+
+
+def test_a_layer_naming_another_entrypoint_starts_its_params_afresh(tmp_path: Path) -> None:
+    # Given base.yaml's tree-ensemble params, when an overlay names another builder, then only the overlay's params
+    # (and the environment's) reach it; an overlay for the same builder still merges key by key.
+    other = _write(tmp_path, "model:\n  entrypoint: examples.breast_cancer:build_mlp_model\n  params:\n    alpha: 0.01\n")
+    loaded = load_config(overlay=other, environ={"SLIPWAY__MODEL__PARAMS__MAX_ITER": "50"})
+    assert loaded.settings.model.params == {"alpha": 0.01, "max_iter": 50}
+    same = _write(tmp_path, "model:\n  entrypoint: examples.breast_cancer:build_model\n  params:\n    max_iter: 7\n")
+    assert load_config(overlay=same, environ={}).settings.model.params == {
+        "max_iter": 7,
+        "learning_rate": 0.1,
+        "max_leaf_nodes": 15,
+    }
+    bare = _write(tmp_path, "model:\n  entrypoint: examples.diabetes:build_model\n")
+    assert load_config(overlay=bare, environ={}).settings.model.params == {}
+
+
+def test_a_param_the_builder_does_not_read_is_refused_by_name() -> None:
+    # Given a misspelt param, when the model is built for training, then the error names it, the builder and
+    # what the builder reads, instead of training with the default.
+    from examples.breast_cancer import load_data
+    from tasks.errors import ModelBuildError
+    from tasks.train import fit_model
+
+    with pytest.raises(ModelBuildError) as info:
+        fit_model.fn("examples.breast_cancer:build_mlp_model", {"hidden_unit": 8}, load_data(), "malignant")
+    message = str(info.value)
+    assert "examples.breast_cancer:build_mlp_model" in message and "['hidden_unit']" in message
+    assert "'hidden_units'" in message
 
 
 def _write(tmp_path: Path, text: str) -> Path:
