@@ -36,7 +36,8 @@ def test_every_shipped_example_overlay_loads(overlay: Path) -> None:
 def test_a_layer_naming_another_entrypoint_starts_its_params_afresh(tmp_path: Path) -> None:
     # Given base.yaml's tree-ensemble params, when an overlay names another builder, then only the overlay's params
     # (and the environment's) reach it; an overlay for the same builder still merges key by key.
-    other = _write(tmp_path, "model:\n  entrypoint: examples.breast_cancer:build_mlp_model\n  params:\n    alpha: 0.01\n")
+    mlp = "model:\n  entrypoint: examples.breast_cancer:build_mlp_model\n  params:\n    alpha: 0.01\n"
+    other = _write(tmp_path, mlp)
     loaded = load_config(overlay=other, environ={"SLIPWAY__MODEL__PARAMS__MAX_ITER": "50"})
     assert loaded.settings.model.params == {"alpha": 0.01, "max_iter": 50}
     same = _write(tmp_path, "model:\n  entrypoint: examples.breast_cancer:build_model\n  params:\n    max_iter: 7\n")
