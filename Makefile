@@ -42,7 +42,7 @@ lint: install ## ruff and mypy
 	$(UV) run ruff check .
 	$(UV) run mypy configs tasks flows serving
 
-bench: install ## serving benchmark vs MLflow serving peers, same run (~7 min on 2 cores; BENCH_ARGS="serving --help")
+bench: install ## serving benchmark vs MLflow serving peers, same run, for two models (~15 min on 2 cores; BENCH_ARGS="serving --help")
 	@command -v wrk >/dev/null 2>&1 || { echo "wrk not found: installing the Debian package (the benchmark's load generator)"; command -v apt-get >/dev/null 2>&1 || { echo "no apt-get here: install wrk yourself (macOS: brew install wrk)"; exit 1; }; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); set -x; $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq wrk; }
 	$(UV) run python -m bench $(BENCH_ARGS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -33,6 +34,14 @@ def serving(
     duration: Annotated[float, typer.Option(help="Seconds of measured load per case.", min=1)] = 10.0,
     warmup: Annotated[float, typer.Option(help="Seconds of unmeasured load before each case.", min=1)] = 2.0,
     floor_seconds: Annotated[float, typer.Option(help="Seconds of in-process timing per batch size.", min=0.5)] = 3.0,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Benchmark model (repeatable), each measured in a run of its own: example (the model `make demo` "
+            "releases, a 120-tree gradient-boosted ensemble) and mlp (examples/mlp.yaml: the same features, a small "
+            "neural network whose model call is cheap, so the request path is what is measured). Default: both.",
+        ),
+    ] = None,
     peer: Annotated[
         list[str] | None,
         typer.Option(
@@ -103,11 +112,16 @@ def serving(
 ) -> None:
     """slipway's endpoint vs `mlflow models serve` (sklearn and onnx flavors), the in-process floor and a bare ASGI
     limit: same model, same rows, same wrk load; each server measured alone on 127.0.0.1."""
+    from bench.model import BENCH_MODELS
     from bench.processes import BenchError
     from bench.serving import PEER_NAMES, ServingOptions, run_serving_benchmark
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    options = ServingOptions(
+    models = list(dict.fromkeys(model or BENCH_MODELS))
+    unknown = [name for name in models if name not in BENCH_MODELS]
+    if unknown:
+        raise typer.BadParameter(f"unknown model(s) {unknown}; choose from {list(BENCH_MODELS)}", param_hint="--model")
+    base = ServingOptions(
         workers=workers,
         threads=threads,
         connections=connections,
@@ -130,11 +144,18 @@ def serving(
     )
     # Not a terminal (make, CI, a log file): wide enough that the tables are not cut.
     console = Console(width=None if sys.stdout.isatty() else 170)
-    try:
-        run_serving_benchmark(options, console)
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/] {exc}")
-        raise typer.Exit(1) from None
+    written: list[Path] = []
+    for name in models:
+        # One JSON per model: with --json and several models, the model's name goes before the suffix.
+        json_path = json_out.with_stem(f"{json_out.stem}-{name}") if json_out and len(models) > 1 else json_out
+        options = dataclasses.replace(base, model=name, json_path=json_path)
+        try:
+            written.append(run_serving_benchmark(options, console)[1])
+        except BenchError as exc:
+            console.print(f"[red]benchmark of model {name!r} failed:[/] {exc}")
+            raise typer.Exit(1) from None
+    if len(written) > 1:
+        console.print("\nraw results, one file per model: " + ", ".join(str(path) for path in written))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

@@ -101,6 +101,7 @@ class ServingOptions:
     log_round_s: float = 4.0
     access_log: bool = True  # slipway's and the MLflow peers' per-request access logs, alike (bench.peers)
     log_url: str | None = None  # slipway-logged's store: None, a SQLite file in the work folder; or a PostgreSQL server
+    model: str = "example"  # a key of bench.model.BENCH_MODELS
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def run_serving_benchmark(options: ServingOptions, console: Console) -> tuple[Se
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print_report(report, console)
-    path = options.json_path or _default_json_path(report.meta["started_utc"])
+    path = options.json_path or _default_json_path(report.meta["started_utc"], options.model)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report_json(report), indent=2), encoding="utf-8")
     console.print(f"\nraw results (JSON): {path}")
@@ -261,8 +262,8 @@ def _run(options: ServingOptions, workdir: Path, console: Console, started: floa
     meta = _meta(options)
     step = _Steps(console, started)
 
-    step("training the breast-cancer example and converting it with tasks.convert")
-    model = prepare_model(workdir)
+    step(f"training the benchmark model {options.model!r} and converting it with tasks.convert")
+    model = prepare_model(workdir, options.model)
     references = {rows: reference_predictions(model, rows) for rows in BATCH_SIZES}
     sklearn_labels = {rows: np.asarray(model.estimator.predict(model.batch(rows))) for rows in BATCH_SIZES}
     peers = _prepare_peers(options, model, workdir, tmp, step, log_url)
@@ -343,7 +344,7 @@ def _run(options: ServingOptions, workdir: Path, console: Console, started: floa
                 console.print(f"    {name} stopped")
 
     model_info = {
-        "name": "examples.breast_cancer (HistGradientBoostingClassifier in a ColumnTransformer pipeline)",
+        "name": model.description,
         "params": model.params,
         "features": len(model.features),
         "string_features": [name for name, dtype in model.features if dtype == "string"],
@@ -734,6 +735,7 @@ def evaluate_targets(
 
 def print_report(report: ServingReport, console: Console) -> None:
     """The results table, the floor, the ratios and the targets."""
+    console.print(f"\n[bold]Model[/] {report.model['name']}")
     table = Table(title="HTTP peers (same model, rows and wrk load)", title_justify="left")
     for column in ("peer", "workers", "rows/req", "req/s", "rows/s", "p50 ms", "p99 ms", "non-2xx", "sock err",
                    "RSS MiB", "peak RSS", "srv CPU", "other CPU", "runs", "body"):  # fmt: skip
@@ -824,7 +826,7 @@ def print_report(report: ServingReport, console: Console) -> None:
                 )
             paired.add_row(str(priced.rows), "median", "", "", "", f"[bold]{priced.cost:.1%}[/]", end_section=True)
         console.print(paired)
-    targets = Table(title="Targets from the issue", title_justify="left")
+    targets = Table(title=f"Targets from the issue (model {report.meta['options']['model']})", title_justify="left")
     for column in ("target", "wanted", "measured", "met"):
         targets.add_column(column)
     for target in report.targets:
@@ -864,9 +866,9 @@ def report_json(report: ServingReport) -> dict[str, Any]:
     return out
 
 
-def _default_json_path(started_utc: str) -> Path:
+def _default_json_path(started_utc: str, model: str) -> Path:
     stamp = started_utc.replace(":", "").replace("-", "")
-    return Path(tempfile.gettempdir()) / "slipway-bench" / f"serving-{stamp}.json"
+    return Path(tempfile.gettempdir()) / "slipway-bench" / f"serving-{model}-{stamp}.json"
 
 
 def _meta(options: ServingOptions) -> dict[str, Any]:
