@@ -163,7 +163,7 @@ class FastPredict:
 
     def _predict_alone(self, received: _Received) -> Answer:
         try:
-            feeds = self.predictor.feeds(received.columns)
+            feeds = self.predictor.served_feeds((received.columns,))
             result = self.predictor.run(feeds)
             self.metrics.prediction_rows.inc(len(result.predictions))
             answer = self._answer(received, result)
@@ -235,9 +235,8 @@ class FastPredict:
             _resolve(item, self._predict_alone(item.received))
             return
         try:
-            names = batch[0].received.columns
-            joined = {name: list(chain.from_iterable(item.received.columns[name] for item in batch)) for name in names}
-            feeds = self.predictor.feeds(joined)
+            # Validated bodies: their float lists become one block without being joined as lists first.
+            feeds = self.predictor.served_feeds([item.received.columns for item in batch])
             result = self.predictor.run(feeds)
             rows = sum(item.n_rows for item in batch)
             if len(result.predictions) != rows:
@@ -268,13 +267,12 @@ class FastPredict:
         for item, answer in answered:
             _resolve(item, answer)
         if self.inference_log is not None:  # after the answers: whatever happens here cannot change them
-            self._log_batch(self.inference_log, answered, joined, result, feeds)
+            self._log_batch(self.inference_log, answered, result, feeds)
 
     def _log_batch(
         self,
         log: InferenceLog,
         answered: list[tuple[_Waiting, Answer]],
-        joined: dict[str, list[Any]],
         result: Prediction,
         feeds: ModelFeeds,
     ) -> None:
@@ -283,6 +281,13 @@ class FastPredict:
         if all(answer.status == 200 for _, answer in answered):
             now = time.perf_counter()
             spec = self._spec
+            # The other features' values joined; the float features' are in feeds.floats (record_batch).
+            in_block = set(feeds.float_names)
+            parts = [item.received.columns for item, _ in answered]
+            joined = {
+                name: None if name in in_block else list(chain.from_iterable(part[name] for part in parts))
+                for name in parts[0]
+            }
             log.record_batch(
                 [(i.received.request_id, i.n_rows, (now - i.received.started) * 1000.0) for i, _ in answered],
                 spec.model_name,

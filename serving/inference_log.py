@@ -516,6 +516,21 @@ def _numbers(
     return layout, np.ascontiguousarray(floats, dtype="<f8").tobytes()
 
 
+def _floats_filled(
+    features: Mapping[str, Any], floats: np.ndarray, float_names: Sequence[str], n_rows: int
+) -> dict[str, Any]:
+    """The features with the float features a caller left as None (their values are in `floats`) filled in
+    from the block, for the JSON of a request too small for `numbers`. The block's float64 values are the
+    Python floats the request held, so the JSON is the same either way."""
+    if floats.shape != (len(float_names), n_rows):
+        raise ValueError(f"float features {list(float_names)} of shape {floats.shape} do not hold {n_rows} values each")
+    position = {name: j for j, name in enumerate(float_names)}
+    return {
+        name: floats[position[name]].tolist() if values is None and name in position else values
+        for name, values in features.items()
+    }
+
+
 # Float features go to `numbers` from this many rows on; below it JSON is cheaper on the request thread. The bytes
 # cost a fixed ~10 us (the layout and one copy per feed), JSON ~1 us per row of 30 floats: a request of the
 # 30-float example took 3 us as JSON and 11 us as bytes at one row, 13 against 12 at 12 rows, 97 against 22 at 100.
@@ -543,8 +558,11 @@ def _encode(
     number_bytes = None
     probability_text = None
     probability_bytes = None
-    if floats is not None and float_names and n_rows >= _BINARY_MIN_ROWS:
-        features, number_bytes = _numbers(features, floats, float_names, n_rows)
+    if floats is not None and float_names:
+        if n_rows >= _BINARY_MIN_ROWS:
+            features, number_bytes = _numbers(features, floats, float_names, n_rows)
+        elif any(features.get(name) is None for name in float_names):
+            features = _floats_filled(features, floats, float_names, n_rows)
     if probabilities is not None:
         if n_rows >= _BINARY_MIN_ROWS and _is_probability_block(probabilities, n_rows):
             probability_bytes = np.ascontiguousarray(probabilities, dtype="<f8").tobytes()
@@ -961,7 +979,7 @@ class InferenceLog:
         requests: Sequence[RequestPart],
         model_name: str,
         model_version: str,
-        features: Mapping[str, Sequence[Any]],
+        features: Mapping[str, Sequence[Any] | None],
         predictions: Sequence[Any],
         probabilities: Sequence[Sequence[float]] | np.ndarray | None,
         *,
@@ -972,7 +990,8 @@ class InferenceLog:
         """Queue the requests one model call answered together as one table row: `requests` their (request_id,
         n_rows, latency_ms) in row order, the other arguments their rows joined, as record_columns takes one
         request's. The row's n_rows counts every request's rows; read_window gives each its own id and latency.
-        Returns at once and never raises."""
+        A feature named in `float_names` may have None for its values: `floats` holds them (the service does not
+        join the float lists it has already turned into the block). Returns at once and never raises."""
         try:
             n_rows = len(predictions)
             if n_rows == 0:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.features import ModelFeeds, float_feature_names, model_feeds, onnx_input_type
+from serving.features import ModelFeeds, float_feature_names, model_feeds, onnx_input_type, served_feeds
 from serving.schema import PredictResponse, RequestBase, label_type, request_columns
 from serving.spec import ModelIntegrityError, ServingSpec, verify_model_file
 
@@ -113,6 +113,11 @@ class Predictor:
         """The ONNX Runtime feeds of feature name -> values (already validated): one [rows, 1] array each, the
         float features' views of one block (ModelFeeds.floats, which the inference log stores as it is)."""
         return model_feeds(self._features, columns, self._float_names)
+
+    def served_feeds(self, parts: Sequence[Mapping[str, Sequence[Any]]]) -> ModelFeeds:
+        """The feeds of requests the request schema validated, their rows one after another (serving.features.
+        served_feeds): what feeds() gives for their columns joined, at less cost. Not for other input."""
+        return served_feeds(self._features, parts, self._float_names)
 
     def predict(self, columns: Mapping[str, Sequence[Any]]) -> Prediction:
         """Run the model on feature name -> values (already validated)."""

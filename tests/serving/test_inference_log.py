@@ -291,6 +291,34 @@ def test_the_requests_of_one_model_call_are_one_table_row_and_read_back_each_wit
     assert frame["ts"].tolist() == [T0] * 5 + [T0 + timedelta(seconds=1)] * 12
 
 
+def test_float_features_left_to_the_block_are_logged_as_if_their_lists_were_given(
+    store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given joined calls whose float features' values are None and held by `floats` (as the service passes
+    them), one too small for `numbers` (JSON) and one large enough (bytes), then both read back exactly as the
+    same calls with the lists given do: the block is what the requests held."""
+    import numpy as np
+
+    url, table = store
+    for n_rows, base in ((4, T0), (12, T0 + timedelta(seconds=5))):
+        block = (np.arange(2 * n_rows, dtype=np.float64).reshape(2, n_rows) + 0.1) / 7
+        given = {"tenure": block[0].tolist(), "plan": ["p"] * n_rows, "spend": block[1].tolist()}
+        left = {"tenure": None, "plan": ["p"] * n_rows, "spend": None}
+        parts = [("a", n_rows - 1, 0.5), ("b", 1, 0.5)]
+        with InferenceLog(url, table=table, registry=metrics) as log:
+            for features, ts in ((given, base), (left, base + timedelta(seconds=1))):
+                log.record_batch(
+                    parts, "churn", "3", features, [1] * n_rows, np.full((n_rows, 2), 0.5),
+                    floats=block, float_names=("tenure", "spend"), ts=ts,
+                )  # fmt: skip
+        assert (log.rows_written, log.rows_dropped_invalid) == (2 * n_rows, 0)
+        frame = read_window(url, since=base, until=base + timedelta(seconds=2), table=table, probabilities=True)
+        first, second = frame[frame["ts"] == base], frame[frame["ts"] == base + timedelta(seconds=1)]
+        for column in ("request_id", "tenure", "plan", "spend", "prediction", "probabilities", "latency_ms"):
+            assert first[column].tolist() == second[column].tolist(), column
+        assert second["tenure"].tolist() == block[0].tolist() and second["spend"].tolist() == block[1].tolist()
+
+
 def test_a_joined_row_whose_requests_do_not_add_up_is_named(tmp_path: Path, metrics: CollectorRegistry) -> None:
     """Given a joined table row whose `requests` were changed to hold fewer rows than it does, then read_window
     names the row's first request and both counts instead of misattributing predictions."""

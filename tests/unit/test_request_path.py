@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 from pydantic import ValidationError
 
-from serving.features import feeds_from_columns
+from serving.features import feeds_from_columns, float_feature_names, model_feeds, served_feeds
 from serving.guard import skip_uvicorn_access_log
 from serving.predictor import Predictor, open_session
 from serving.schema import request_columns, request_model
@@ -160,3 +160,37 @@ def test_accepting_unknown_categories_applies_only_where_the_model_encodes_them(
     strict = request_model(_categorical_spec(("a", "b"), encodes_unknown=False), 10, accept_unknown_categories=True)
     with pytest.raises(ValidationError, match="band"):
         strict.model_validate_json('{"records": [{"x": 1.0, "band": "zzz"}]}')
+
+
+@pytest.mark.parametrize("sizes", [(1,), (3,), (1, 1, 1), (100, 2, 37), (5, 1)])
+def test_served_feeds_of_requests_equal_model_feeds_of_their_columns_joined(sizes: tuple[int, ...]) -> None:
+    # Given validated requests of every feature type (floats, ints up to the largest double, bools, strings;
+    # lists and tuples as the two body forms give them), when their feeds are built part by part, then they
+    # equal, value and dtype, what model_feeds gives for the columns joined, and the float block holds the rows
+    # in request order.
+    rng = np.random.default_rng(len(sizes) * 100 + sum(sizes))
+    features = [("x", "float"), ("n", "int"), ("plan", "string"), ("y", "float"), ("flag", "bool")]
+    float_names = float_feature_names(features)
+    parts = []
+    for index, rows in enumerate(sizes):
+        kind = tuple if index % 2 else list
+        parts.append(
+            {
+                "x": kind(rng.normal(size=rows).tolist()),
+                "n": kind([*rng.integers(-5, 5, size=rows - 1).tolist(), 10**300]),
+                "plan": kind(rng.choice(["basic", "pro", "été"], size=rows).tolist()),
+                "y": kind((rng.normal(size=rows) * 1e6).tolist()),
+                "flag": kind((rng.random(size=rows) > 0.5).tolist()),
+            }
+        )
+    joined = {name: [value for part in parts for value in part[name]] for name, _ in features}
+    expected = model_feeds(features, joined, float_names)
+    got = served_feeds(features, parts, float_names)
+    assert got.float_names == expected.float_names == ("x", "y")
+    assert got.floats is not None and expected.floats is not None
+    np.testing.assert_array_equal(got.floats, expected.floats)
+    assert list(got.arrays) == list(expected.arrays)
+    for name, array in expected.arrays.items():
+        assert got.arrays[name].dtype == array.dtype and got.arrays[name].shape == array.shape == (sum(sizes), 1)
+        assert got.arrays[name].tolist() == array.tolist(), name
+    assert got.floats[0].tolist() == joined["x"]
