@@ -2,9 +2,10 @@
 
 BentoML's API path (IO descriptor, context, thread hand-off, response model) costs several times what the
 model does for a one-row request. RequestGuard (the service's ASGI middleware) hands POST /predict to the
-handler the worker installed here, which validates the raw body with the same pydantic request model
-(`model_validate_json`, in Rust), runs the predictor on the event loop (one row is tens of microseconds;
-a request is capped by SLIPWAY_MAX_BATCH_ROWS), queues the inference-log entry and writes the JSON with orjson.
+handler the worker installed here, which validates the raw body against the same request model
+(serving.decode: msgspec for what the model accepts, the pydantic model itself for its 400s), runs the
+predictor on the event loop (one row is tens of microseconds; a request is capped by SLIPWAY_MAX_BATCH_ROWS),
+queues the inference-log entry and writes the JSON with orjson.
 Adaptive batching (SLIPWAY_ADAPTIVE_BATCHING, on by default): the requests validated in the same event-loop turn
 share one ONNX Runtime call (FastPredict.answer); a one-row call's fixed cost (~25 us: feeds, session.run,
 results to lists) is then paid once per batch instead of once per request, and so is the inference log's: the
@@ -25,11 +26,11 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic import ValidationError
 
+from serving.decode import RequestDecoder
 from serving.features import ModelFeeds
 from serving.inference_log import InferenceLog
 from serving.metrics import ServiceMetrics
 from serving.predictor import Prediction, Predictor, request_id_from
-from serving.schema import RequestBase, request_columns
 
 try:
     import orjson
@@ -94,7 +95,7 @@ class FastPredict:
     def __init__(
         self,
         predictor: Predictor,
-        request_type: type[RequestBase],
+        decoder: RequestDecoder,
         metrics: ServiceMetrics,
         inference_log: InferenceLog | None,
         *,
@@ -102,7 +103,7 @@ class FastPredict:
         batching: bool = True,
     ) -> None:
         self.predictor = predictor
-        self.request_type = request_type
+        self.decoder = decoder
         self.metrics = metrics
         self.inference_log = inference_log
         self.max_batch_rows = max_batch_rows
@@ -145,7 +146,7 @@ class FastPredict:
     def _parse(self, body: bytes, request_id: str, headers: Headers) -> dict[str, Any] | Answer:
         """The request's columns, or its 400."""
         try:
-            request = self.request_type.model_validate_json(body)
+            return self.decoder(body)
         except ValidationError as error:
             # Locations and messages only: never the values (they may be personal data).
             details = error.errors(include_input=False, include_url=False, include_context=False)
@@ -155,8 +156,6 @@ class FastPredict:
             problems = "; ".join(f"{'.'.join(str(p) for p in d['loc']) or d['type']}: {d['msg']}" for d in details)
             refusal = {"error": f"invalid request: {', '.join(fields)}", "detail": problems}
             return Answer(400, dumps(refusal), headers)
-        try:
-            return request_columns(request)
         except Exception:
             _LOG.exception("/predict request %s failed", request_id)
             return _internal_error(request_id, headers)

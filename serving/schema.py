@@ -124,7 +124,7 @@ def _model_name(spec: ServingSpec) -> str:
 def value_type(feature: SpecFeature, accept_unknown: bool = False) -> Any:
     """The type of one value of a feature. A category the model knows only some values of takes only those,
     unless `accept_unknown` and the model encodes the others (then any string, as before it was known)."""
-    categories = _enforced_categories(feature, accept_unknown)
+    categories = enforced_categories(feature, accept_unknown)
     if categories is None:
         return _VALUE_TYPES[feature.dtype]
     if len(categories) <= _LITERAL_CATEGORIES:
@@ -143,7 +143,7 @@ def value_type(feature: SpecFeature, accept_unknown: bool = False) -> Any:
     ]
 
 
-def _enforced_categories(feature: SpecFeature, accept_unknown: bool) -> tuple[str, ...] | None:
+def enforced_categories(feature: SpecFeature, accept_unknown: bool) -> tuple[str, ...] | None:
     """The values a feature is held to, or None when it takes any value of its type."""
     if not feature.categories or (accept_unknown and feature.encodes_unknown):
         return None
@@ -151,7 +151,7 @@ def _enforced_categories(feature: SpecFeature, accept_unknown: bool) -> tuple[st
 
 
 def _describe(feature: SpecFeature, accept_unknown: bool, what: str) -> str:
-    categories = _enforced_categories(feature, accept_unknown)
+    categories = enforced_categories(feature, accept_unknown)
     if categories is not None:
         return f"category {what}: one of the {len(categories)} values the model knows"
     return f"{feature.dtype} {what}"

@@ -41,13 +41,14 @@ import bentoml
 from bentoml.models import BentoModel
 
 from serving import fastpath
+from serving.decode import RequestDecoder
 from serving.fastpath import FastPredict
 from serving.guard import RequestGuard, put_guard_in_front, skip_uvicorn_access_log
 from serving.inference_log import InferenceLog
 from serving.metrics import service_metrics
 from serving.options import OptionsError, options_from_env
 from serving.predictor import Predictor, request_id_from, response_of
-from serving.schema import request_columns, request_model, response_model
+from serving.schema import request_columns, response_model
 from serving.spec import read_spec, verify_model_file
 
 OPTIONS = options_from_env(os.environ, vars(bentoml.use_arguments()))
@@ -62,7 +63,8 @@ SPEC = read_spec(MODEL_DIR)
 # Checked here too, not only when a worker loads the model: `bentoml serve` imports this module before it
 # starts workers, so a tampered model stops the server at once instead of a worker restart loop.
 verify_model_file(MODEL_DIR, SPEC)
-PredictRequest = request_model(SPEC, OPTIONS.max_batch_rows, OPTIONS.unknown_categories == "accept")
+DECODER = RequestDecoder(SPEC, OPTIONS.max_batch_rows, OPTIONS.unknown_categories == "accept")
+PredictRequest = DECODER.request_type
 PredictResponse = response_model(SPEC)
 
 
@@ -90,7 +92,7 @@ class SlipwayService:
             fastpath.install(
                 FastPredict(
                     self.predictor,
-                    PredictRequest,
+                    DECODER,
                     self.metrics,
                     self.inference_log,
                     max_batch_rows=OPTIONS.max_batch_rows,

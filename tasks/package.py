@@ -33,7 +33,16 @@ from tasks.types import BentoRef, FeatureSpec, ModelSchema
 
 SERVICE_IMPORT = "serving.service:SlipwayService"
 # What the Bento needs besides BentoML itself (which `bentoml build` pins on its own).
-BENTO_PACKAGES = ("numpy", "onnxruntime", "pydantic", "prometheus-client", "sqlalchemy", "psycopg2-binary", "orjson")
+BENTO_PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "pydantic",
+    "prometheus-client",
+    "sqlalchemy",
+    "psycopg2-binary",
+    "orjson",
+    "msgspec",
+)
 # Runs in the child Python (BENTOML_HOME set there); kept tiny so the child imports only bentoml.
 _SAVE_MODEL_SCRIPT = """
 import json, shutil, sys

@@ -19,11 +19,11 @@ from typing import Any
 import onnx
 import pytest
 
+from serving.decode import RequestDecoder
 from serving.fastpath import Answer, FastPredict
 from serving.inference_log import InferenceLog, read_window, sqlite_url
 from serving.metrics import service_metrics
 from serving.predictor import Predictor, open_session
-from serving.schema import request_model
 from serving.spec import file_sha256
 from tests.serving.test_bento import ExampleModel, example_model, records_of  # noqa: F401
 
@@ -83,7 +83,7 @@ def test_requests_of_one_turn_share_model_calls_and_each_gets_its_unbatched_answ
 ) -> None:
     # Given 9 requests of 1 to 50 rows and a malformed one, parsed in the same turn, at most 60 rows a call
     fast = FastPredict(
-        predictor, request_model(predictor.spec, MAX_ROWS), service_metrics(), inference_log, max_batch_rows=MAX_ROWS
+        predictor, RequestDecoder(predictor.spec, MAX_ROWS), service_metrics(), inference_log, max_batch_rows=MAX_ROWS
     )
     sizes = [1, 3, 1, 7, 50, 2, 1, 40, 1]
     bodies = [_body(example_model, rows, offset=i) for i, rows in enumerate(sizes)]
@@ -92,7 +92,7 @@ def test_requests_of_one_turn_share_model_calls_and_each_gets_its_unbatched_answ
     # When they are answered
     answers = asyncio.run(_answer_all(fast, bodies))
     # Then each valid one has exactly what it gets alone, under its own request id; the malformed one a 400
-    unbatched = FastPredict(predictor, fast.request_type, service_metrics(), None, batching=False)
+    unbatched = FastPredict(predictor, fast.decoder, service_metrics(), None, batching=False)
     for i, (body, answer) in enumerate(zip(bodies, answers, strict=True)):
         alone = unbatched(body, f"req-{i}")
         assert (answer.status, answer.body, answer.headers) == (alone.status, alone.body, alone.headers), i
@@ -130,7 +130,7 @@ def test_a_joined_call_that_fails_is_answered_request_by_request(
 ) -> None:
     # Given a model call that fails whenever it is given more than one request's rows (a stand-in for any batch
     # failure: validated requests do not make the real one fail)
-    fast = FastPredict(predictor, request_model(predictor.spec, MAX_ROWS), service_metrics(), None)
+    fast = FastPredict(predictor, RequestDecoder(predictor.spec, MAX_ROWS), service_metrics(), None)
     real_run = predictor.run
 
     def run_one_at_a_time(feeds: Any) -> Any:
@@ -157,7 +157,7 @@ def test_a_request_answered_500_in_a_joined_call_is_not_logged_and_the_others_ar
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given three requests joined in one call, and an answer that cannot be built for the second
-    fast = FastPredict(predictor, request_model(predictor.spec, MAX_ROWS), service_metrics(), inference_log)
+    fast = FastPredict(predictor, RequestDecoder(predictor.spec, MAX_ROWS), service_metrics(), inference_log)
     real_answer = fast._answer
 
     def answer_or_fail(received: Any, result: Any) -> Answer:
@@ -180,7 +180,7 @@ def test_a_request_answered_500_in_a_joined_call_is_not_logged_and_the_others_ar
 
 def test_a_lone_request_is_answered_in_its_own_turn(example_model: ExampleModel, predictor: Predictor) -> None:
     # Given one request, when it is answered, then it does not wait for a timer: one model call, at once
-    fast = FastPredict(predictor, request_model(predictor.spec, MAX_ROWS), service_metrics(), None)
+    fast = FastPredict(predictor, RequestDecoder(predictor.spec, MAX_ROWS), service_metrics(), None)
     calls, requests = _batches()
     (answer,) = asyncio.run(_answer_all(fast, [_body(example_model, 1, 0)]))
     assert answer.status == 200
@@ -199,7 +199,7 @@ def test_an_error_outside_the_model_call_answers_the_batch_500_instead_of_leavin
             raise RuntimeError("metrics file gone")
 
     metrics = dataclasses.replace(service_metrics(), batch_requests=Broken())
-    fast = FastPredict(predictor, request_model(predictor.spec, MAX_ROWS), metrics, None)
+    fast = FastPredict(predictor, RequestDecoder(predictor.spec, MAX_ROWS), metrics, None)
     # When three requests arrive together, then each is answered: a 500 naming its request id
     answers = asyncio.run(asyncio.wait_for(_answer_all(fast, [_body(example_model, 1, i) for i in range(3)]), 10))
     assert [a.status for a in answers] == [500] * 3
