@@ -4,7 +4,7 @@ Which model: the Bento argument `model_tag` (written into the Bento by `tasks.pa
 SLIPWAY_MODEL_TAG when serving from source. The request schema is built here, at import, because BentoML
 derives the OpenAPI document and the request validation from the API signature; everything else lives in
 plain functions (serving.predictor, serving.schema). Health: BentoML's own /livez, /healthz (same as livez)
-and /readyz; OpenAPI at /docs.json.
+and /readyz, which answers 200 only once every worker has loaded (serving.readiness); OpenAPI at /docs.json.
 
 Environment (full list; see serving.options and serving.inference_log):
 SLIPWAY_MODEL_TAG, SLIPWAY_WORKERS, SLIPWAY_MAX_BATCH_ROWS, SLIPWAY_TIMEOUT_S, SLIPWAY_API_KEYS,
@@ -48,6 +48,7 @@ from serving.inference_log import InferenceLog
 from serving.metrics import service_metrics
 from serving.options import OptionsError, options_from_env
 from serving.predictor import Predictor, request_id_from, response_of
+from serving.readiness import WorkerReadiness, expected_workers
 from serving.schema import request_columns, response_model
 from serving.spec import read_spec, verify_model_file
 
@@ -107,10 +108,21 @@ class SlipwayService:
         # collections over the whole heap stalled a worker for 56-83 ms every few seconds (p99 36-56 ms at one
         # row against 3.8-6.3 ms frozen; measured with gc.callbacks under wrk, BENCHMARKS.md).
         gc.freeze()
+        # Last: /readyz answers ready only once every worker has got here (serving.readiness).
+        self.worker_index = bentoml.server_context.worker_index
+        self.readiness = WorkerReadiness.of_server(self.worker_index, expected_workers(OPTIONS.workers))
+        if self.readiness is not None and self.worker_index is not None:
+            self.readiness.mark_ready(self.worker_index, os.getpid())
+
+    async def __is_ready__(self) -> bool:
+        """BentoML's /readyz hook: 503 until every worker has loaded its model, not only this one."""
+        return self.readiness is None or not self.readiness.waiting()
 
     @bentoml.on_shutdown
     def close_inference_log(self) -> None:
-        """Write what is still queued before the worker exits (graceful stop)."""
+        """Write what is still queued before the worker exits (graceful stop); this worker is no longer ready."""
+        if self.readiness is not None and self.worker_index is not None:
+            self.readiness.unmark(self.worker_index)
         if self.inference_log is not None:
             self.inference_log.close()
 

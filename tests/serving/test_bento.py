@@ -64,6 +64,7 @@ class RunningServer:
     url: str
     start_seconds: float
     log_path: Path
+    pid: int  # the `bentoml serve` process; its workers are its children
 
 
 def example_schema(frame: pd.DataFrame, target: str) -> ModelSchema:
@@ -211,7 +212,9 @@ def start_server(bento: BuiltBento, folder: Path, **env: str) -> tuple[subproces
     except BaseException:
         stop_server(process)
         raise
-    return process, RunningServer(url=url, start_seconds=time.perf_counter() - started, log_path=log_path)
+    return process, RunningServer(
+        url=url, start_seconds=time.perf_counter() - started, log_path=log_path, pid=process.pid
+    )
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 
 from serving.inference_log import read_window
@@ -125,6 +127,31 @@ def test_predict_with_a_right_key_is_200(guarded: RunningServer, example_model: 
 def test_health_and_metrics_stay_open(guarded: RunningServer):
     for path in ("/healthz", "/livez", "/readyz", "/metrics"):
         assert httpx.get(f"{guarded.url}{path}", timeout=5.0).status_code == 200, path
+
+
+def ready_markers(server: RunningServer) -> Path:
+    """Where the server's workers say they have loaded (serving.readiness)."""
+    return Path(tempfile.gettempdir()) / f"slipway-ready-{server.pid}"
+
+
+def test_readyz_is_ready_only_while_every_worker_has_loaded(guarded: RunningServer, example_model: ExampleModel):
+    # Given the two-worker server, ready: each of its workers has left a marker naming its process
+    markers = sorted(ready_markers(guarded).glob("slipway-worker-*.ready"))
+    assert [marker.name for marker in markers] == ["slipway-worker-1.ready", "slipway-worker-2.ready"]
+    workers = {child.pid for child in psutil.Process(guarded.pid).children()}
+    assert {int(marker.read_text()) for marker in markers} == workers
+    # When one worker's marker is gone, as before that worker has loaded
+    second = markers[1].read_text()
+    markers[1].unlink()
+    try:
+        # Then /readyz is 503 whichever worker answers it (new connections, so both get some), and health stays 200
+        probes = [httpx.get(f"{guarded.url}/readyz", timeout=5.0).status_code for _ in range(8)]
+        assert probes == [503] * 8
+        assert httpx.get(f"{guarded.url}/healthz", timeout=5.0).status_code == 200
+    finally:
+        markers[1].write_text(second)
+    # And once it is back, ready again
+    assert httpx.get(f"{guarded.url}/readyz", timeout=5.0).status_code == 200
 
 
 def test_body_over_the_limit_is_413_naming_it(guarded: RunningServer):
@@ -255,6 +282,7 @@ def test_every_served_row_is_logged_after_a_graceful_stop(
         # And the server is stopped with SIGTERM
         stop_server(process)
     assert not failures, failures[:3]
+    assert not ready_markers(server).exists()  # each worker took its ready marker away as it stopped
     assert served_rows == 150 * 1 + 150 * 10
     # Then every served row is in the log, none twice (a table row holds one request, or the requests one model
     # call answered together: adaptive batching on the fast path)
