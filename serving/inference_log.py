@@ -27,13 +27,14 @@ Writing stays off the request's critical work: `InferenceLog.record_columns` (wh
 request predicted alone; `record_batch` for a joined call's requests; or `record_request`, `record`) encodes the
 request as its table row (orjson and the float block's bytes: ~3 us for one row, ~11 us for 100) and appends it
 to an in-memory deque under a lock held for a microsecond, and ONE daemon writer thread per process inserts them in
-batches (up to `batch_rows` table rows per transaction: multi-row INSERTs on SQLite, binary COPY on PostgreSQL
-through psycopg2, SQLAlchemy's executemany elsewhere): full batches as soon as `batch_rows` rows are waiting,
-whatever is left every `flush_interval_s`. The queue is bounded in predicted rows (`max_queue_rows`). Nothing is
-ever silently lost: rows refused because the queue is full (`queue_full`), rows whose batch failed after a bounded retry
-(`write_failed`), rows recorded after close or still queued when close() timed out (`closed`) and requests whose
-values cannot be stored (`invalid`) are counted in attributes and in Prometheus, and the writer thread logs a
-rate-limited warning with the count and the error (request threads never log).
+batches (up to `batch_rows` table rows and about a fifth of `max_queue_rows` predicted rows per transaction:
+multi-row INSERTs on SQLite, binary COPY on PostgreSQL through psycopg2, SQLAlchemy's executemany elsewhere):
+full batches as soon as either is waiting, whatever is left every `flush_interval_s`. The queue is bounded in
+predicted rows (`max_queue_rows`). Nothing is ever silently lost: rows refused because the queue is full
+(`queue_full`), rows whose batch failed after a bounded retry (`write_failed`), rows recorded after close or
+still queued when close() timed out (`closed`) and requests whose values cannot be stored (`invalid`) are counted
+in attributes and in Prometheus, and the writer thread logs a rate-limited warning with the count and the error
+(request threads never log).
 
 A failing store: the failed batch is dropped, then the writer pauses (0.5, 1, 2, then 5 s) instead of
 failing batch after batch in a loop that would burn the worker's CPU and GIL. Rows recorded meanwhile stay
@@ -810,6 +811,12 @@ class InferenceLog:
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self.max_queue_rows = max_queue_rows
+        # A batch is full at batch_rows table rows or at this many predicted rows, whichever comes first. By
+        # table rows alone, joined calls of 100-row requests (~500 predicted rows a table row) never made a full
+        # batch before the queue bound (500 x 500 > 100,000): the writer waited for its flush interval while
+        # ~55,000 rows a worker queued, then wrote them as one 13 MB transaction, and the queue peaked at the
+        # bound and dropped rows (MLP, ~2,300 req/s of 100 rows on 2 workers).
+        self.batch_max_rows = max(1, max_queue_rows // 5)
         self.warn_interval_s = warn_interval_s
         # Built now (no connection yet) so a bad URL or a missing driver fails at startup, not per batch.
         self._engine = create_log_engine(self._url, writer=True)
@@ -1048,7 +1055,7 @@ class InferenceLog:
                 self._queue.append(encoded)
                 self._queued_rows += n_rows
                 self._queued_requests += 1
-                full_batch = self._queued_requests >= self.batch_rows
+                full_batch = self._queued_requests >= self.batch_rows or self._queued_rows >= self.batch_max_rows
         if reason:
             # Logged by the writer thread (or close()): request threads never log.
             self._metrics.dropped.labels(reason=reason).inc(n_rows)
@@ -1134,7 +1141,7 @@ class InferenceLog:
         long outage into queue_full drops). While closing: try every batch once, and once close()'s deadline has
         passed drop them instead."""
         while True:
-            if full_only and self._queued_requests < self.batch_rows:
+            if full_only and self._queued_requests < self.batch_rows and self._queued_rows < self.batch_max_rows:
                 return
             entries, n_rows = self._take()
             if not entries:
@@ -1151,13 +1158,18 @@ class InferenceLog:
                 return
 
     def _take(self) -> tuple[list[_Encoded], int]:
-        """Up to batch_rows requests (table rows) from the queue head, and the predicted rows they hold."""
+        """From the queue head, up to batch_rows requests (table rows) and no more than one past batch_max_rows
+        predicted rows; and the predicted rows they hold."""
+        entries: list[_Encoded] = []
+        n_rows = 0
         with self._lock:
-            count = min(len(self._queue), self.batch_rows)
-            entries = [self._queue.popleft() for _ in range(count)]
-            n_rows = sum(entry[4] for entry in entries)
+            queue = self._queue
+            while queue and len(entries) < self.batch_rows and n_rows < self.batch_max_rows:
+                entry = queue.popleft()
+                entries.append(entry)
+                n_rows += entry[4]
             self._queued_rows -= n_rows
-            self._queued_requests -= count
+            self._queued_requests -= len(entries)
         if n_rows:
             self._metrics.queue_rows.dec(n_rows)
         return entries, n_rows

@@ -673,6 +673,52 @@ def test_a_wake_writes_full_batches_and_leaves_a_partial_one_queued(
     assert (log.rows_written, log.queue_rows, log.rows_dropped, count_rows(url, table)) == (25, 0, 0, 25)
 
 
+def test_a_batch_is_also_full_at_a_fifth_of_the_queue_bound_in_predicted_rows(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a queue bound of 1,000 predicted rows (a full batch: 500 table rows or 200 predicted rows) and seven
+    100-row requests, when the writer drains after a wake, then it writes batches of two requests and leaves the
+    last one queued. By table rows alone nothing was ever full: 500 requests of 100 rows outnumber the bound, so
+    only the flush interval wrote, and a busy worker's queue reached the bound in between and dropped rows."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, batch_rows=500, max_queue_rows=1000, registry=metrics)  # drained by hand
+    sizes: list[int] = []
+    write = log._write
+
+    def counted(entries: list[Any], n_rows: int) -> bool:
+        sizes.append(n_rows)
+        return write(entries, n_rows)
+
+    log._write = counted  # type: ignore[method-assign]  # observes the batches, writes them for real
+    for i in range(7):
+        log.record(request_rows(f"r{i}", 100))
+    log._drain(full_only=True)
+    assert sizes == [200, 200, 200]
+    assert (log.rows_written, log.queue_rows, count_rows(url, table)) == (600, 100, 600)
+    log.close()
+    assert (log.rows_written, log.rows_dropped) == (700, 0)
+
+
+def test_rows_enough_for_a_full_batch_wake_the_writer_before_its_flush_interval(
+    sqlite_store: tuple[str, str], metrics: CollectorRegistry
+) -> None:
+    """Given a running writer that flushes every 30 s, when three 100-row requests arrive (a full batch is 200
+    predicted rows), then they are written within seconds, not at the flush interval."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, max_queue_rows=1000, flush_interval_s=30.0, registry=metrics)
+    log.start()
+    try:
+        for i in range(3):
+            log.record(request_rows(f"r{i}", 100))
+        deadline = time.monotonic() + 5.0
+        while log.rows_written < 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.rows_written >= 200, f"{log.rows_written} rows written 5 s after a full batch was queued"
+    finally:
+        log.close()
+    assert (log.rows_written, log.rows_dropped, count_rows(url, table)) == (300, 0, 300)
+
+
 def test_under_steady_load_the_writer_writes_full_batches(
     sqlite_store: tuple[str, str], metrics: CollectorRegistry
 ) -> None:
