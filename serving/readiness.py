@@ -10,7 +10,9 @@ process, so a worker that died and is being restarted counts as not ready until 
 
 The markers live in a folder named after the `bentoml serve` process (the workers' parent) in the temp folder,
 so two servers never see or clear each other's (the Prometheus folder under BENTOML_HOME is emptied by every
-server started on that home). A worker removes its marker when it stops gracefully.
+server started on that home). A worker removes its marker when it stops gracefully. The number of workers waited
+for is the service's own setting (SLIPWAY_WORKERS, `serving.workers`); a BentoML configuration file that
+overrides `services.slipway.workers` is not seen, and /readyz would then wait for workers that never start.
 """
 
 from __future__ import annotations
