@@ -11,8 +11,9 @@ process, so a worker that died and is being restarted counts as not ready until 
 The markers live in a folder named after the `bentoml serve` process (the workers' parent) in the temp folder,
 so two servers never see or clear each other's (the Prometheus folder under BENTOML_HOME is emptied by every
 server started on that home). A worker removes its marker when it stops gracefully. The number of workers waited
-for is the service's own setting (SLIPWAY_WORKERS, `serving.workers`); a BentoML configuration file that
-overrides `services.slipway.workers` is not seen, and /readyz would then wait for workers that never start.
+for is the one `bentoml serve` started: the service's setting (SLIPWAY_WORKERS, `serving.workers`) as BentoML
+merged it with its own configuration (a BENTOML_CONFIG file or BENTOML_CONFIG_OPTIONS may override
+`services.slipway.workers`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ def expected_workers(workers: int | Literal["cpu_count"]) -> int:
         return int(CpuResource.from_system()) or 1
     except ImportError:  # pragma: no cover - a BentoML without that module: what Python sees
         return len(os.sched_getaffinity(0)) or 1
+
+
+def served_workers(service_name: str, setting: int | Literal["cpu_count"]) -> int:
+    """How many workers `bentoml serve` starts for the service: its `workers` as BentoML's configuration holds it
+    (the service's own setting under whatever BentoML's configuration overrides), resolved as BentoML's allocator
+    resolves it (unset: one); the service's own `setting` where that configuration cannot be read."""
+    try:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        configured = BentoMLContainer.config.services[service_name].get().get("workers")
+    except (ImportError, KeyError, AttributeError, TypeError):  # pragma: no cover - another BentoML layout
+        configured = setting
+    return expected_workers(configured or 1)
 
 
 def _alive(pid: int) -> bool:

@@ -48,7 +48,7 @@ from serving.inference_log import InferenceLog
 from serving.metrics import service_metrics
 from serving.options import OptionsError, options_from_env
 from serving.predictor import Predictor, request_id_from, response_of
-from serving.readiness import WorkerReadiness, expected_workers
+from serving.readiness import WorkerReadiness, served_workers
 from serving.schema import request_columns, response_model
 from serving.spec import read_spec, verify_model_file
 
@@ -67,10 +67,11 @@ verify_model_file(MODEL_DIR, SPEC)
 DECODER = RequestDecoder(SPEC, OPTIONS.max_batch_rows, OPTIONS.unknown_categories == "accept")
 PredictRequest = DECODER.request_type
 PredictResponse = response_model(SPEC)
+SERVICE_NAME = "slipway"  # BentoML's configuration addresses it as services.slipway
 
 
 @bentoml.service(
-    name="slipway",
+    name=SERVICE_NAME,
     workers=OPTIONS.workers,
     threads=1,
     traffic={"timeout": OPTIONS.timeout_s},
@@ -110,7 +111,7 @@ class SlipwayService:
         gc.freeze()
         # Last: /readyz answers ready only once every worker has got here (serving.readiness).
         self.worker_index = bentoml.server_context.worker_index
-        self.readiness = WorkerReadiness.of_server(self.worker_index, expected_workers(OPTIONS.workers))
+        self.readiness = WorkerReadiness.of_server(self.worker_index, served_workers(SERVICE_NAME, OPTIONS.workers))
         if self.readiness is not None and self.worker_index is not None:
             self.readiness.mark_ready(self.worker_index, os.getpid())
 

@@ -154,6 +154,19 @@ def test_readyz_is_ready_only_while_every_worker_has_loaded(guarded: RunningServ
     assert httpx.get(f"{guarded.url}/readyz", timeout=5.0).status_code == 200
 
 
+def test_readyz_waits_for_the_workers_bentoml_was_configured_to_start(built_bento: BuiltBento, tmp_path: Path):
+    # Given SLIPWAY_WORKERS=2 overridden by BentoML's own configuration to one worker
+    process, server = start_server(built_bento, tmp_path, BENTOML_CONFIG_OPTIONS="services.slipway.workers=1")
+    try:
+        # Then the server gets ready (start_server waits for /readyz) with the one worker BentoML started
+        workers = psutil.Process(server.pid).children()
+        assert len(workers) == 1
+        markers = list(ready_markers(server).glob("slipway-worker-*.ready"))
+        assert [int(marker.read_text()) for marker in markers] == [workers[0].pid]
+    finally:
+        stop_server(process)
+
+
 def test_body_over_the_limit_is_413_naming_it(guarded: RunningServer):
     body = b'{"records": [' + b" " * BODY_LIMIT + b"]}"
     headers = {"authorization": f"Bearer {KEYS[0]}", "content-type": "application/json"}

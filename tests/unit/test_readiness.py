@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.readiness import WorkerReadiness, expected_workers
+from serving.readiness import WorkerReadiness, expected_workers, served_workers
 
 
 def _exited_pid() -> int:
@@ -69,3 +69,7 @@ def test_cpu_count_is_resolved_as_bentoml_resolves_it() -> None:
     from bentoml._internal.resource import CpuResource
 
     assert expected_workers("cpu_count") == (int(CpuResource.from_system()) or 1) >= 1
+
+
+def test_outside_a_configured_bentoml_the_services_own_setting_counts() -> None:
+    assert served_workers("not-a-configured-service", 3) == 3
