@@ -12,6 +12,7 @@ rows.
 # ruff: noqa: F811  (the fixtures imported from test_bento are used by name)
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 import subprocess
@@ -154,9 +155,20 @@ def test_readyz_is_ready_only_while_every_worker_has_loaded(guarded: RunningServ
     assert httpx.get(f"{guarded.url}/readyz", timeout=5.0).status_code == 200
 
 
+def own_home(bento: BuiltBento, folder: Path) -> BuiltBento:
+    """The Bento in a BentoML home of its own (its stores linked in, as `slipway deploy` does for each backend):
+    a server started on a shared home empties the metrics folder of the servers already running on it."""
+    home = folder / "bentoml"
+    home.mkdir()
+    for store in ("bentos", "models"):
+        (home / store).symlink_to(bento.home.resolve() / store, target_is_directory=True)
+    return dataclasses.replace(bento, home=home)
+
+
 def test_readyz_waits_for_the_workers_bentoml_was_configured_to_start(built_bento: BuiltBento, tmp_path: Path):
     # Given SLIPWAY_WORKERS=2 overridden by BentoML's own configuration to one worker
-    process, server = start_server(built_bento, tmp_path, BENTOML_CONFIG_OPTIONS="services.slipway.workers=1")
+    bento = own_home(built_bento, tmp_path)
+    process, server = start_server(bento, tmp_path, BENTOML_CONFIG_OPTIONS="services.slipway.workers=1")
     try:
         # Then the server gets ready (start_server waits for /readyz) with the one worker BentoML started
         workers = psutil.Process(server.pid).children()
