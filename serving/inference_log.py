@@ -30,11 +30,11 @@ to an in-memory deque under a lock held for a microsecond, and ONE daemon writer
 batches (up to `batch_rows` table rows and about a fifth of `max_queue_rows` predicted rows per transaction:
 multi-row INSERTs on SQLite, binary COPY on PostgreSQL through psycopg2, SQLAlchemy's executemany elsewhere):
 full batches as soon as either is waiting, whatever is left every `flush_interval_s`. The queue is bounded in
-predicted rows (`max_queue_rows`). Nothing is ever silently lost: rows refused because the queue is full
-(`queue_full`), rows whose batch failed after a bounded retry (`write_failed`), rows recorded after close or
-still queued when close() timed out (`closed`) and requests whose values cannot be stored (`invalid`) are counted
-in attributes and in Prometheus, and the writer thread logs a rate-limited warning with the count and the error
-(request threads never log).
+predicted rows (`max_queue_rows`) and in memory (`max_queue_bytes`, 64 MiB; SLIPWAY_INFERENCE_LOG_QUEUE_MB). Nothing
+is ever silently lost: rows refused because the queue is full (`queue_full`), rows whose batch failed after a
+bounded retry (`write_failed`), rows recorded after close or still queued when close() timed out (`closed`) and
+requests whose values cannot be stored (`invalid`) are counted in attributes and in Prometheus, and the writer
+thread logs a rate-limited warning with the count and the error (request threads never log).
 
 A failing store: the failed batch is dropped, then the writer pauses (0.5, 1, 2, then 5 s) instead of
 failing batch after batch in a loop that would burn the worker's CPU and GIL. Rows recorded meanwhile stay
@@ -130,6 +130,7 @@ _LOG = logging.getLogger("slipway.inference_log")
 URL_ENV = "SLIPWAY_INFERENCE_LOG_URL"
 BATCH_ROWS_ENV = "SLIPWAY_INFERENCE_LOG_BATCH_ROWS"
 FLUSH_S_ENV = "SLIPWAY_INFERENCE_LOG_FLUSH_S"
+QUEUE_MB_ENV = "SLIPWAY_INFERENCE_LOG_QUEUE_MB"
 
 DROP_REASONS = ("queue_full", "write_failed", "closed", "invalid")
 # Read back by read_window next to the features; a feature of the same name would be ambiguous.
@@ -471,6 +472,23 @@ _Encoded = tuple[int, str, str, str, int, str, bytes | None, str, str | None, by
 RequestPart = tuple[str, int, float]
 
 
+# What a queued request holds besides its encoded text and bytes: the tuple, its numbers and short strings.
+_ENTRY_OVERHEAD_BYTES = 400
+
+
+def _entry_bytes(entry: _Encoded) -> int:
+    """About what a queued request takes in memory: its JSON text and float bytes, plus the tuple around them."""
+    return (
+        _ENTRY_OVERHEAD_BYTES
+        + len(entry[5])
+        + len(entry[6] or b"")
+        + len(entry[7])
+        + len(entry[8] or "")
+        + len(entry[9] or b"")
+        + len(entry[11] or "")
+    )
+
+
 def _plain_columns(features: Mapping[str, Sequence[Any]]) -> Mapping[str, Any]:
     # A plain dict for the encoder (a feature's values may be a list or a numpy array).
     return features if type(features) is dict else dict(features)
@@ -797,12 +815,16 @@ class InferenceLog:
         batch_rows: int = 500,
         flush_interval_s: float = 0.5,
         max_queue_rows: int = 100_000,
+        max_queue_bytes: int = 64 << 20,
         *,
         registry: CollectorRegistry | None = None,
         warn_interval_s: float = 30.0,
     ) -> None:
-        if batch_rows < 1 or max_queue_rows < 1:
-            raise ValueError(f"batch_rows ({batch_rows}) and max_queue_rows ({max_queue_rows}) must be at least 1")
+        if batch_rows < 1 or max_queue_rows < 1 or max_queue_bytes < 1:
+            raise ValueError(
+                f"batch_rows ({batch_rows}), max_queue_rows ({max_queue_rows}) and max_queue_bytes "
+                f"({max_queue_bytes}) must be at least 1"
+            )
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be greater than 0, got {flush_interval_s}")
         self._url = make_url(url)
@@ -811,6 +833,10 @@ class InferenceLog:
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self.max_queue_rows = max_queue_rows
+        # The row bound alone let memory grow with the model's width: 100,000 queued rows are ~26 MB with the
+        # example's 31 features and ~0.8 GB with 1,000. Queued requests are held as their encoded table rows, so
+        # their size is known: a request that would take the queue past either bound is dropped as queue_full.
+        self.max_queue_bytes = max_queue_bytes
         # A batch is full at batch_rows table rows or at this many predicted rows, whichever comes first. By
         # table rows alone, joined calls of 100-row requests (~500 predicted rows a table row) never made a full
         # batch before the queue bound (500 x 500 > 100,000): the writer waited for its flush interval while
@@ -850,6 +876,7 @@ class InferenceLog:
         self._queue: deque[_Encoded] = deque()
         self._queued_rows = 0
         self._queued_requests = 0
+        self._queued_bytes = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._closed = False
@@ -869,6 +896,7 @@ class InferenceLog:
             return None
         batch_rows = _positive_env(environ, BATCH_ROWS_ENV, 500, int)
         flush_s = _positive_env(environ, FLUSH_S_ENV, 0.5, float)
+        queue_mb = _positive_env(environ, QUEUE_MB_ENV, 64.0, float)
         try:
             make_url(url)
         except (ArgumentError, ValueError):
@@ -878,7 +906,13 @@ class InferenceLog:
                 "(e.g. sqlite:////var/lib/slipway/inference_log.db or postgresql+psycopg2://user@host/db)"
             ) from None
         try:
-            return cls(url, batch_rows=batch_rows, flush_interval_s=flush_s, registry=registry)
+            return cls(
+                url,
+                batch_rows=batch_rows,
+                flush_interval_s=flush_s,
+                max_queue_bytes=max(1, int(queue_mb * (1 << 20))),
+                registry=registry,
+            )
         except (NoSuchModuleError, ModuleNotFoundError) as error:
             raise OptionsError(f"{URL_ENV}={safe_url(url)}: no such database driver ({error})") from None
 
@@ -1048,13 +1082,17 @@ class InferenceLog:
             if self._closed:
                 self.rows_dropped_closed += n_rows
                 reason = "closed"
-            elif self._queued_rows + n_rows > self.max_queue_rows:
+            elif (
+                self._queued_rows + n_rows > self.max_queue_rows
+                or self._queued_bytes + (size := _entry_bytes(encoded)) > self.max_queue_bytes
+            ):
                 self.rows_dropped_queue_full += n_rows
                 reason = "queue_full"
             else:
                 self._queue.append(encoded)
                 self._queued_rows += n_rows
                 self._queued_requests += 1
+                self._queued_bytes += size
                 full_batch = self._queued_requests >= self.batch_rows or self._queued_rows >= self.batch_max_rows
         if reason:
             # Logged by the writer thread (or close()): request threads never log.
@@ -1103,6 +1141,7 @@ class InferenceLog:
             self._queue.clear()
             self._queued_rows -= n_rows
             self._queued_requests = 0
+            self._queued_bytes = 0
         self._metrics.queue_rows.dec(n_rows)
         self._dropped(n_rows, "closed")
         return n_rows
@@ -1170,6 +1209,7 @@ class InferenceLog:
                 n_rows += entry[4]
             self._queued_rows -= n_rows
             self._queued_requests -= len(entries)
+            self._queued_bytes -= sum(map(_entry_bytes, entries))
         if n_rows:
             self._metrics.queue_rows.dec(n_rows)
         return entries, n_rows

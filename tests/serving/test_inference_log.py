@@ -655,6 +655,22 @@ def test_queue_full_drops_are_counted_and_reported(
     assert any("queue_full=50" in w.getMessage() for w in warnings_of(caplog))
 
 
+def test_the_queue_is_also_bounded_in_memory(sqlite_store: tuple[str, str], metrics: CollectorRegistry) -> None:
+    """Given a queue of 100,000 rows but 20 KB, when 100-row requests (a few KB each) arrive with no writer yet,
+    then those that would take it past 20 KB are dropped as queue_full and counted, far below the row bound, and
+    the queued ones are written at close."""
+    url, table = sqlite_store
+    log = InferenceLog(url, table=table, max_queue_bytes=20_000, registry=metrics)  # not started: nothing drains
+    for i in range(20):
+        log.record(request_rows(f"r{i}", 100))
+    queued = log.queue_rows
+    assert 0 < queued < 2000 and queued % 100 == 0
+    assert log.rows_dropped_queue_full == 2000 - queued
+    assert sample(metrics, "slipway_inference_log_rows_dropped_total", reason="queue_full") == 2000 - queued
+    log.close()
+    assert (log.rows_written, count_rows(url, table)) == (queued, queued)
+
+
 def test_a_wake_writes_full_batches_and_leaves_a_partial_one_queued(
     sqlite_store: tuple[str, str], metrics: CollectorRegistry
 ) -> None:
@@ -1150,11 +1166,13 @@ def test_from_env_reads_the_batch_knobs(tmp_path: Path, metrics: CollectorRegist
             "SLIPWAY_INFERENCE_LOG_URL": sqlite_url(tmp_path / "x.db"),
             "SLIPWAY_INFERENCE_LOG_BATCH_ROWS": "64",
             "SLIPWAY_INFERENCE_LOG_FLUSH_S": "0.25",
+            "SLIPWAY_INFERENCE_LOG_QUEUE_MB": "8",
         },
         registry=metrics,
     )
     assert log is not None
     assert (log.batch_rows, log.flush_interval_s, log.table.name) == (64, 0.25, "inference_log")
+    assert log.max_queue_bytes == 8 << 20
     log.close()
 
 
@@ -1165,6 +1183,8 @@ def test_from_env_reads_the_batch_knobs(tmp_path: Path, metrics: CollectorRegist
         ("SLIPWAY_INFERENCE_LOG_BATCH_ROWS", "0"),
         ("SLIPWAY_INFERENCE_LOG_BATCH_ROWS", "1.5"),
         ("SLIPWAY_INFERENCE_LOG_FLUSH_S", "-1"),
+        ("SLIPWAY_INFERENCE_LOG_QUEUE_MB", "0"),
+        ("SLIPWAY_INFERENCE_LOG_QUEUE_MB", "lots"),
         ("SLIPWAY_INFERENCE_LOG_FLUSH_S", "nan"),
     ],
 )
