@@ -10,7 +10,8 @@ process, so a worker that died and is being restarted counts as not ready until 
 
 The markers live in a folder named after the `bentoml serve` process (the workers' parent) in the temp folder,
 so two servers never see or clear each other's (the Prometheus folder under BENTOML_HOME is emptied by every
-server started on that home). A worker removes its marker when it stops gracefully. The number of workers waited
+server started on that home). A worker removes its marker when it stops gracefully; the folders of servers that
+are gone without that (killed) are removed by the next server's first worker. The number of workers waited
 for is the one `bentoml serve` started: the service's setting (SLIPWAY_WORKERS, `serving.workers`) as BentoML
 merged it with its own configuration (a BENTOML_CONFIG file or BENTOML_CONFIG_OPTIONS may override
 `services.slipway.workers`).
@@ -28,6 +29,7 @@ from typing import Literal
 
 _LOG = logging.getLogger("slipway.serving")
 _MARKER = "slipway-worker-{index}.ready"
+_FOLDER_PREFIX = "slipway-ready-"
 
 
 def expected_workers(workers: int | Literal["cpu_count"]) -> int:
@@ -66,6 +68,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove_stale_folders(temp: Path) -> list[Path]:
+    """Remove the marker folders of servers whose `bentoml serve` process is gone (killed before its workers could
+    clear them); the folders removed."""
+    removed = []
+    for folder in temp.glob(f"{_FOLDER_PREFIX}*"):
+        pid = folder.name.removeprefix(_FOLDER_PREFIX)
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        for marker in folder.glob("*"):
+            marker.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another server's first worker got there first
+            folder.rmdir()
+            removed.append(folder)
+    return removed
+
+
 @dataclass(frozen=True)
 class WorkerReadiness:
     """The ready markers of one server's workers (1-based indexes, as BentoML numbers them)."""
@@ -79,7 +97,10 @@ class WorkerReadiness:
         worker index): then nothing waits."""
         if worker_index is None:
             return None
-        return cls(Path(tempfile.gettempdir()) / f"slipway-ready-{os.getppid()}", workers)
+        temp = Path(tempfile.gettempdir())
+        if worker_index == 1:
+            remove_stale_folders(temp)
+        return cls(temp / f"{_FOLDER_PREFIX}{os.getppid()}", workers)
 
     def marker(self, index: int) -> Path:
         return self.folder / _MARKER.format(index=index)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.readiness import WorkerReadiness, expected_workers, served_workers
+from serving.readiness import WorkerReadiness, expected_workers, remove_stale_folders, served_workers
 
 
 def _exited_pid() -> int:
@@ -73,3 +73,16 @@ def test_cpu_count_is_resolved_as_bentoml_resolves_it() -> None:
 
 def test_outside_a_configured_bentoml_the_services_own_setting_counts() -> None:
     assert served_workers("not-a-configured-service", 3) == 3
+
+
+def test_folders_of_servers_that_are_gone_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    # Given the folder of a killed server (its markers left behind), a live server's, and an unrelated one
+    gone = WorkerReadiness(tmp_path / f"slipway-ready-{_exited_pid()}", workers=1)
+    gone.mark_ready(1, _exited_pid())
+    live = WorkerReadiness(tmp_path / f"slipway-ready-{os.getpid()}", workers=1)
+    live.mark_ready(1, os.getpid())
+    other = tmp_path / "slipway-ready-notes"
+    other.mkdir()
+    # Then only the gone server's folder is removed
+    assert remove_stale_folders(tmp_path) == [gone.folder]
+    assert not gone.folder.exists() and live.waiting() == [] and other.is_dir()
