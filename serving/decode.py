@@ -58,12 +58,12 @@ class RequestDecoder:
         self.names = tuple(feature.name for feature in spec.features)
         types = [_value_type(feature, accept_unknown_categories) for feature in spec.features]
         rows = msgspec.Meta(min_length=1, max_length=max_rows)
-        self._record = _struct("Record", types, spec.features)
+        record = _struct("Record", types, spec.features)
         columns = _struct("Columns", [Annotated[list[value], rows] for value in types], spec.features)  # type: ignore[valid-type]
         body = msgspec.defstruct(
             "PredictBody",
             [
-                ("records", Annotated[list[self._record], rows] | None, None),  # type: ignore[name-defined]
+                ("records", Annotated[list[record], rows] | None, None),  # type: ignore[valid-type]
                 ("columns", columns | None, None),
             ],
             forbid_unknown_fields=True,

@@ -1077,15 +1077,13 @@ class InferenceLog:
 
     def _enqueue(self, encoded: _Encoded, n_rows: int) -> None:
         reason = ""
+        size = _entry_bytes(encoded)  # before the lock: the writer takes it too
         with self._lock:
             self.rows_recorded += n_rows
             if self._closed:
                 self.rows_dropped_closed += n_rows
                 reason = "closed"
-            elif (
-                self._queued_rows + n_rows > self.max_queue_rows
-                or self._queued_bytes + (size := _entry_bytes(encoded)) > self.max_queue_bytes
-            ):
+            elif self._queued_rows + n_rows > self.max_queue_rows or self._queued_bytes + size > self.max_queue_bytes:
                 self.rows_dropped_queue_full += n_rows
                 reason = "queue_full"
             else:
@@ -1093,7 +1091,7 @@ class InferenceLog:
                 self._queued_rows += n_rows
                 self._queued_requests += 1
                 self._queued_bytes += size
-                full_batch = self._queued_requests >= self.batch_rows or self._queued_rows >= self.batch_max_rows
+                full_batch = self._full_batch_waiting()
         if reason:
             # Logged by the writer thread (or close()): request threads never log.
             self._metrics.dropped.labels(reason=reason).inc(n_rows)
@@ -1180,7 +1178,7 @@ class InferenceLog:
         long outage into queue_full drops). While closing: try every batch once, and once close()'s deadline has
         passed drop them instead."""
         while True:
-            if full_only and self._queued_requests < self.batch_rows and self._queued_rows < self.batch_max_rows:
+            if full_only and not self._full_batch_waiting():
                 return
             entries, n_rows = self._take()
             if not entries:
@@ -1196,20 +1194,25 @@ class InferenceLog:
                 self._resume_at = time.monotonic() + pause
                 return
 
+    def _full_batch_waiting(self) -> bool:
+        """A full batch is queued: batch_rows table rows, or batch_max_rows predicted rows."""
+        return self._queued_requests >= self.batch_rows or self._queued_rows >= self.batch_max_rows
+
     def _take(self) -> tuple[list[_Encoded], int]:
         """From the queue head, up to batch_rows requests (table rows) and no more than one past batch_max_rows
         predicted rows; and the predicted rows they hold."""
         entries: list[_Encoded] = []
-        n_rows = 0
+        n_rows = size = 0
         with self._lock:
             queue = self._queue
             while queue and len(entries) < self.batch_rows and n_rows < self.batch_max_rows:
                 entry = queue.popleft()
                 entries.append(entry)
                 n_rows += entry[4]
+                size += _entry_bytes(entry)
             self._queued_rows -= n_rows
             self._queued_requests -= len(entries)
-            self._queued_bytes -= sum(map(_entry_bytes, entries))
+            self._queued_bytes -= size
         if n_rows:
             self._metrics.queue_rows.dec(n_rows)
         return entries, n_rows
