@@ -54,7 +54,7 @@ from configs.settings import ServingSettings
 from serving.spec import MODEL_FILE, ModelIntegrityError, read_spec, verify_model_file
 from tasks.errors import BackendNotReady, FrontUnavailable, RegistryError, ServingError
 from tasks.locks import file_lock
-from tasks.package import split_tag, stored_model_dir
+from tasks.package import linked_bentoml_home, split_tag, stored_model_dir
 from tasks.registry import TAG_ROLLED_BACK
 from tasks.resources import Registry
 from tasks.types import Result
@@ -618,10 +618,7 @@ def _start_backend(
     version = re.sub(r"[^a-z0-9.]+", "-", bento.model_version.lower()).strip("-")[:20] or "0"
     backend_id = f"{now:%Y%m%dT%H%M%S}-v{version}-{secrets.token_hex(3)}"
     folder = serving_dir / backend_id
-    own_home = folder / "bentoml"
-    own_home.mkdir(parents=True)
-    for store in ("bentos", "models"):  # shared, read-only here; everything else in the home is this server's
-        (own_home / store).symlink_to(bentoml_home.resolve() / store, target_is_directory=True)
+    own_home = linked_bentoml_home(bentoml_home, folder / "bentoml")  # the stores shared, read-only here
     pid = _spawn(
         [sys.executable, "-m", "bentoml", "serve", bento.tag, "--host", "127.0.0.1", "--port", str(port)],
         _serve_env(own_home, serving, inference_log_url),

@@ -122,6 +122,16 @@ def find_uv() -> str:
     return found
 
 
+def linked_bentoml_home(shared_home: Path, own_home: Path) -> Path:
+    """A BentoML home of one server's own at `own_home` (created), its `bentos` and `models` stores linked to
+    `shared_home`'s: everything else a server writes there (its Prometheus folder, emptied at every start) stays
+    its own, so servers of the same Bentos never overwrite each other's metrics."""
+    own_home.mkdir(parents=True)
+    for store in ("bentos", "models"):
+        (own_home / store).symlink_to(shared_home.resolve() / store, target_is_directory=True)
+    return own_home
+
+
 def bentoml_env(bentoml_home: Path) -> dict[str, str]:
     """Environment of a BentoML child process: its home, no usage tracking, `uv` and this venv on PATH."""
     uv = find_uv()

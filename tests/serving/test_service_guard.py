@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 from serving.inference_log import read_window
+from tasks.package import linked_bentoml_home
 from tests.serving.test_bento import (  # noqa: F401
     BuiltBento,
     ExampleModel,
@@ -158,11 +159,7 @@ def test_readyz_is_ready_only_while_every_worker_has_loaded(guarded: RunningServ
 def own_home(bento: BuiltBento, folder: Path) -> BuiltBento:
     """The Bento in a BentoML home of its own (its stores linked in, as `slipway deploy` does for each backend):
     a server started on a shared home empties the metrics folder of the servers already running on it."""
-    home = folder / "bentoml"
-    home.mkdir()
-    for store in ("bentos", "models"):
-        (home / store).symlink_to(bento.home.resolve() / store, target_is_directory=True)
-    return dataclasses.replace(bento, home=home)
+    return dataclasses.replace(bento, home=linked_bentoml_home(bento.home, folder / "bentoml"))
 
 
 def test_readyz_waits_for_the_workers_bentoml_was_configured_to_start(built_bento: BuiltBento, tmp_path: Path):
