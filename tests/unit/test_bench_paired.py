@@ -33,7 +33,7 @@ def test_the_log_target_reads_the_paired_rounds_and_names_them() -> None:
     targets = {t.name: t for t in evaluate_targets([], None, ratios, priced)}
     one, hundred = targets["inference log cost, 1 row(s)"], targets["inference log cost, 100 row(s)"]
     assert (one.met, hundred.met) == (True, False)
-    assert one.measured.startswith("4.0% of req/s (median of 3 paired rounds, 4.0% to 4.0%)")
+    assert one.measured.startswith("4.0% of req/s (median of 3 paired rounds, 4.0% to 4.0%;")
     assert hundred.measured.startswith("12.0% of req/s")
 
 
@@ -44,3 +44,37 @@ def test_the_raw_results_carry_the_cost_the_target_read() -> None:
     assert len(written["rounds"]) == 3
     assert (written["median_ratio"], written["cost"]) == (pytest.approx(0.9), pytest.approx(0.1))
     assert written["cost_range"] == [pytest.approx(0.05), pytest.approx(0.12)]
+    # Three rounds: the lowest to the highest, which hold the median 75% of the time
+    assert written["median_interval"] == {
+        "low": pytest.approx(0.05),
+        "high": pytest.approx(0.12),
+        "coverage": pytest.approx(0.75),
+    }
+
+
+def test_the_median_interval_takes_the_order_statistics_of_at_least_80_percent() -> None:
+    # Given seven rounds costing 1% to 7% (in a shuffled order)
+    priced = PairedLogCost(100, 4.0, 1.0, rounds(*((1000, 1000 - 10 * c) for c in (4, 7, 1, 5, 2, 6, 3))))
+    # Then the interval is the 2nd lowest to the 2nd highest: 1 - 2 * (1 + 7) / 128 = 87.5% (the 3rd: 54.7%)
+    low, high, coverage = priced.median_interval()
+    assert (low, high, coverage) == (pytest.approx(0.02), pytest.approx(0.06), pytest.approx(0.875))
+    # And eleven rounds take the 3rd: 1 - 2 * (1 + 11 + 55) / 2048 = 93.5% (the 4th: 77.4%)
+    eleven = PairedLogCost(100, 4.0, 1.0, rounds(*((1000, 1000 - 10 * c) for c in range(1, 12))))
+    assert eleven.median_interval() == (pytest.approx(0.03), pytest.approx(0.09), pytest.approx(0.9346, abs=1e-4))
+
+
+def test_a_log_target_the_rounds_put_on_both_sides_is_unresolved() -> None:
+    # Given paired rounds whose median (8%) meets 10% at one row but whose interval reaches 20%, and rounds at
+    # 100 rows all between 12% and 14% (a clear miss)
+    ratios = {f"{rows}_row": {"slipway_logged_vs_slipway": None} for rows in BATCH_SIZES}
+    for row in ratios.values():
+        row.update(slipway_vs_mlflow_onnx=None, slipway_vs_mlflow_sklearn=None)
+    spread = rounds(*((1000, 1000 - 10 * c) for c in (-2, 3, 6, 8, 12, 20, 25)))
+    tight = rounds(*((1000, 1000 - 10 * c) for c in (12, 13, 14, 12, 13, 14, 13)))
+    priced = [PairedLogCost(1, 4.0, 1.0, spread), PairedLogCost(100, 4.0, 1.0, tight)]
+    targets = {t.name: t for t in evaluate_targets([], None, ratios, priced)}
+    one, hundred = targets["inference log cost, 1 row(s)"], targets["inference log cost, 100 row(s)"]
+    # Then one row is unresolved (the median alone says yes), 100 rows a resolved no
+    assert (one.met, one.resolved) == (True, False)
+    assert "the median within 3.0% to 20.0% at 87.5% confidence" in one.measured
+    assert (hundred.met, hundred.resolved) == (False, True)
