@@ -194,3 +194,15 @@ def test_served_feeds_of_requests_equal_model_feeds_of_their_columns_joined(size
         assert got.arrays[name].dtype == array.dtype and got.arrays[name].shape == array.shape == (sum(sizes), 1)
         assert got.arrays[name].tolist() == array.tolist(), name
     assert got.floats[0].tolist() == joined["x"]
+
+
+def test_served_feeds_refuse_a_request_whose_float_features_differ_in_length() -> None:
+    # Given a second request whose float features hold 2 and 3 values (one total, so a block would still fill),
+    # then the feeds are refused naming the lengths instead of shifting values into other rows
+    features = [("x", "float"), ("y", "float")]
+    parts = [{"x": [1.0], "y": [2.0]}, {"x": [1.0, 2.0], "y": [3.0, 4.0, 5.0]}]
+    with pytest.raises(ValueError, match=r"different lengths: \{'x': 2, 'y': 3\}"):
+        served_feeds(features, parts, ("x", "y"))
+    # and an int too large for a double is refused as np.array refused it
+    with pytest.raises(OverflowError):
+        served_feeds(features, [{"x": [10**400], "y": [1.0]}], ("x", "y"))
