@@ -94,9 +94,9 @@ def served_feeds(
     (strict), every feature a list or tuple with one value per row. The float block is filled in one pass,
     feature after feature and within a feature part after part (np.fromiter with the count known), which is the
     block's own order: no list is joined and no array concatenated. np.array over each part's lists (then one
-    concatenate) walked the nested lists twice, to find their shape and to convert: 21-24% more instructions at
-    100 rows (one or five requests) and 86% more for eight one-row requests (callgrind, BENCHMARKS.md); joining
-    the lists first cost ~40% more again. A string feature goes straight to an object array; model_feeds'
+    concatenate) walked the nested lists twice, to find their shape and to convert: this function took 18-26% more
+    instructions that way for one and five 100-row requests and eight one-row ones (callgrind, BENCHMARKS.md);
+    joining the lists first cost ~40% more again. A string feature goes straight to an object array; model_feeds'
     astype(str).astype(object), which any input needs, went through a fixed-width unicode array and back (78
     against 8 us for 500 values).
     """
