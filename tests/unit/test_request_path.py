@@ -197,7 +197,8 @@ def test_served_feeds_of_requests_equal_model_feeds_of_their_columns_joined(size
 
 
 def test_served_feeds_refuse_a_request_whose_float_features_differ_in_length() -> None:
-    # Given a second request whose float features hold 2 and 3 values (one total, so a block would still fill),
+    # Given a second request whose float features hold 2 and 3 values (7 in all: a 2 x 3 block would still fill,
+    # from the first 6),
     # then the feeds are refused naming the lengths instead of shifting values into other rows
     features = [("x", "float"), ("y", "float")]
     parts = [{"x": [1.0], "y": [2.0]}, {"x": [1.0, 2.0], "y": [3.0, 4.0, 5.0]}]
