@@ -60,6 +60,15 @@ def ports(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int
     os.environ.update(saved)
 
 
+@pytest.fixture
+def stack_stopped(home: Path, ports: dict[str, int]) -> Iterator[None]:
+    """Whatever `slipway up` left running is stopped after the test, passed or failed (`down` is idempotent)."""
+    yield
+    if stack.read_stack(home).processes:
+        down = runner.invoke(app, ["down"])
+        assert down.exit_code == 0, down.output
+
+
 def test_deployments_carry_the_configured_schedules_and_parameters(home: Path) -> None:
     # Given the shipped config, when the deployments `slipway up` serves are built
     settings = load_config().settings
@@ -76,7 +85,9 @@ def test_deployments_carry_the_configured_schedules_and_parameters(home: Path) -
     assert built["train"].entrypoint == "flows.train.train_flow"
 
 
-def test_up_fails_naming_the_port_and_the_setting_when_a_port_is_taken(home: Path, ports: dict[str, int]) -> None:
+def test_up_fails_naming_the_port_and_the_setting_when_a_port_is_taken(
+    home: Path, ports: dict[str, int], stack_stopped: None
+) -> None:
     # Given something else listening on the MLflow UI's port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
         squatter.bind(("127.0.0.1", ports["mlflow"]))
@@ -114,7 +125,7 @@ def test_a_process_that_dies_before_it_is_ready_is_named_with_its_log(home: Path
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_up_status_down(home: Path, ports: dict[str, int]) -> None:
+def test_up_status_down(home: Path, ports: dict[str, int], stack_stopped: None) -> None:
     started = time.monotonic()
     # Given a fresh project home (no champion) and free ports
     # When `slipway up` runs
