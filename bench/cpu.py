@@ -104,13 +104,24 @@ class CpuUse:
     def loadgen_share(self) -> float:
         return self.loadgen_cpu_s / (self.wall_s * self.cpus)
 
-    def disturbed(self, workers: int, threshold: float) -> bool:
-        """Other work took more than `threshold` of the machine while the server got under 90% of the CPU its
-        workers could use (a one-worker server leaves the other cores idle: others using them is no harm)."""
+    def capacity(self, workers: int) -> float:
+        """The share of the machine a server of `workers` workers could use beside wrk and this process."""
         capacity = min(workers, self.cpus) / self.cpus
         if workers >= self.cpus:
             capacity -= self.loadgen_share  # wrk and the server share the machine
-        return self.other_share > threshold and self.server_share < 0.9 * capacity
+        return capacity
+
+    def disturbed(self, workers: int, threshold: float) -> bool:
+        """Other work took more than `threshold` of the machine while the server got under 90% of the CPU its
+        workers could use (a one-worker server leaves the other cores idle: others using them is no harm)."""
+        return self.other_share > threshold and self.server_share < 0.9 * self.capacity(workers)
+
+    def underused(self, workers: int, threshold: float) -> bool:
+        """Under a load meant to saturate it, the server used less than `threshold` of the CPU its workers could
+        use: one of its workers sat (nearly) idle, e.g. the kernel handed another worker of the shared listening
+        socket all of wrk's connections. Its req/s is then a worker short, which flatters whoever is compared
+        with it (seen: mlflow-onnx at 51% of the machine instead of its usual 85-90%, at half its req/s)."""
+        return self.server_share < threshold * self.capacity(workers)
 
 
 class CpuAccount:
