@@ -76,8 +76,9 @@ TARGET_SEQUENTIAL_P50_MS = 1.5
 TARGET_INFERENCE_LOG_COST = 0.10  # the inference log may cost at most this share of slipway's req/s
 # Other work above this share of the machine during a case is flagged in the table.
 NOISY_SHARE = 0.10
-# Under 32 connections every peer used 76-95% of what its workers could use beside wrk (BENCHMARKS.md); below
-# this share a worker sat idle (CpuUse.underused) and the case is measured again.
+# Under 32 connections every two-worker peer used 76-95% of the machine in stop 23's runs, nearly all its workers
+# could use beside wrk (BENCHMARKS.md); under this share of that, a worker sat idle (CpuUse.underused) and the
+# case is measured again.
 UNDERUSED_SHARE = 0.70
 
 
