@@ -162,7 +162,7 @@ def test_accepting_unknown_categories_applies_only_where_the_model_encodes_them(
         strict.model_validate_json('{"records": [{"x": 1.0, "band": "zzz"}]}')
 
 
-@pytest.mark.parametrize("sizes", [(1,), (3,), (1, 1, 1), (100, 2, 37), (5, 1)])
+@pytest.mark.parametrize("sizes", [(1,), (3,), (1, 1, 1), (100, 2, 37), (5, 1), (100,), (100, 32, 64)])
 def test_served_feeds_of_requests_equal_model_feeds_of_their_columns_joined(sizes: tuple[int, ...]) -> None:
     # Given validated requests of every feature type (floats, ints up to the largest double, bools, strings;
     # lists and tuples as the two body forms give them), when their feeds are built part by part, then they
@@ -204,6 +204,9 @@ def test_served_feeds_refuse_a_request_whose_float_features_differ_in_length() -
     parts = [{"x": [1.0], "y": [2.0]}, {"x": [1.0, 2.0], "y": [3.0, 4.0, 5.0]}]
     with pytest.raises(ValueError, match=r"different lengths: \{'x': 2, 'y': 3\}"):
         served_feeds(features, parts, ("x", "y"))
-    # and an int too large for a double is refused as np.array refused it
+    # and an int too large for a double is refused as np.array refused it, in a request small enough for
+    # np.fromiter and in one whose lists are packed whole
     with pytest.raises(OverflowError):
         served_feeds(features, [{"x": [10**400], "y": [1.0]}], ("x", "y"))
+    with pytest.raises(OverflowError):
+        served_feeds(features, [{"x": [1.0] * 99 + [10**400], "y": [1.0] * 100}], ("x", "y"))
