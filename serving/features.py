@@ -99,9 +99,9 @@ def served_feeds(
     concatenate) walked the nested lists twice, to find their shape and to convert: this function took 18-26% more
     instructions that way for one and five 100-row requests and eight one-row ones (callgrind, BENCHMARKS.md);
     joining the lists first cost ~40% more again. When every request has _PACK_MIN_ROWS rows or more, each list
-    is instead packed whole by struct into the block's bytes (_packed_block): the same doubles, fewer calls. A string feature goes straight to an object array; model_feeds'
-    astype(str).astype(object), which any input needs, went through a fixed-width unicode array and back (78
-    against 8 us for 500 values).
+    is instead packed whole by struct into the block's bytes (_packed_block): the same doubles, fewer calls. A
+    string feature goes straight to an object array; model_feeds' astype(str).astype(object), which any input
+    needs, went through a fixed-width unicode array and back (78 against 8 us for 500 values).
     """
     floats = None
     if float_names:

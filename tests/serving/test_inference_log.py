@@ -1445,3 +1445,63 @@ def test_two_writers_keep_the_wal_small_and_a_reader_never_stalls_them(
     assert count_rows(url, "inference_log") == 100 * (2 + 40 * 50 + 40 * 7)
     for log in (first, second):
         log.close()
+
+
+def _resident(path: Path, start: int, end: int) -> float:
+    """The share of the file's pages in [start, end) that are in the page cache (mincore of a shared mapping)."""
+    import ctypes
+    import mmap
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = mmap.PAGESIZE
+    start -= start % page
+    length = end - start
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, descriptor, start)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = ctypes.create_string_buffer((length + page - 1) // page)
+            assert libc.mincore(address, length, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(byte & 1 for byte in vector.raw) / len(vector.raw)
+        finally:
+            libc.munmap(address, length)
+    finally:
+        os.close(descriptor)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="posix_fadvise and mincore as Linux has them")
+def test_after_a_checkpoint_the_appended_pages_leave_the_page_cache_and_the_older_ones_stay(
+    tmp_path: Path, metrics: CollectorRegistry
+) -> None:
+    """Given a log file of ~8 MB that is all in the page cache, when a new writer appends ~12 MB and checkpoints,
+    then the pages it appended up to its last checkpoint are no longer cached (written once, read rarely: the
+    page cache need not grow with the log), and the pages that were there before it stay cached (the indexes'
+    leaves and inner pages that inserts read)."""
+    path = tmp_path / "cache.db"
+    url = sqlite_url(path)
+    earlier = InferenceLog(url, registry=metrics)
+    earlier.record_request(_wide_request("earlier"))
+    entry = earlier._queue[0]
+    for _ in range(8):
+        assert earlier._write([entry] * 40, 40 * 100)
+    earlier.close()
+    before = path.stat().st_size
+    path.read_bytes()  # every page cached
+    assert _resident(path, 0, before) > 0.9
+
+    log = InferenceLog(url, registry=metrics)
+    log.record_request(_wide_request("later"))
+    assert log._write(list(log._queue), 100)
+    for _ in range(12):
+        assert log._write([entry] * 40, 40 * 100)
+    assert log.checkpoints >= 2 and log._dropped_upto is not None
+    assert log._dropped_upto > before + (8 << 20)
+    assert _resident(path, before, log._dropped_upto) < 0.1
+    assert _resident(path, 0, before) > 0.9
+    log.close()
