@@ -1306,7 +1306,14 @@ class InferenceLog:
                 try:
                     busy, frames, copied = connection.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)").one()
                 finally:
-                    connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT_S * 1000)}").fetchall()
+                    try:
+                        restore = f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT_S * 1000)}"
+                        connection.exec_driver_sql(restore).fetchall()
+                    except DBAPIError:
+                        # Never back to the pool without its busy timeout: the next INSERT would fail at once
+                        # whenever another worker held the lock.
+                        connection.invalidate()
+                        raise
         except (DBAPIError, ValueError) as error:
             self.checkpoint_errors += 1
             if self.checkpoint_errors == 1:

@@ -1425,6 +1425,8 @@ def test_two_writers_keep_the_wal_small_and_a_reader_never_stalls_them(
             largest = max(largest, wal.stat().st_size)
     assert largest < 16 << 20, f"the WAL grew to {largest / 2**20:.0f} MB"
     assert first.checkpoints > 0 and second.checkpoints > 0
+    with first._engine.connect() as connection:  # the checkpoint's busy timeout of 0 did not stay behind
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
 
     reader = sqlite3.connect(path, isolation_level=None)
     try:
