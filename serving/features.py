@@ -115,7 +115,6 @@ def served_feeds(
             length = lengths.pop()
             rows += length
             shortest = length if shortest is None else min(shortest, length)
-        floats = None
         if shortest is not None and shortest >= _PACK_MIN_ROWS:
             floats = _packed_block(parts, float_names, rows)
         if floats is None:

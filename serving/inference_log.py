@@ -367,8 +367,8 @@ _SQLITE_PAGE_SIZE = 65536
 # With two or more workers writing, SQLite's own (passive) checkpoints never let the WAL restart: there is always
 # another writer's frame not yet copied back, so the WAL grew to ~800 MB, every frame a page the kernel had not
 # cached before. A RESTART checkpoint after the writer's own commit lets the next write start the WAL over, in
-# pages already cached. Measured served, two workers, 100-row requests: 124-179 us of system time a request
-# against ~70 with this and the page-cache advice below (BENCHMARKS.md, stop 24).
+# pages already cached. Measured served, two workers, 100-row requests: 124-158 us of system time a request
+# against 68-76 with this and the page-cache advice below (BENCHMARKS.md, stop 24).
 _CHECKPOINT_BYTES = 4 << 20
 
 
