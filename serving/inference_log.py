@@ -1198,14 +1198,14 @@ class InferenceLog:
         while True:
             if full_only and not self._full_batch_waiting():
                 return
-            entries, n_rows = self._take()
+            entries, n_rows, n_bytes = self._take()
             if not entries:
                 return
             deadline = self._close_deadline
             if deadline is not None and time.monotonic() > deadline:
                 self._dropped(n_rows, "closed")
                 continue
-            written = self._write(entries, n_rows)
+            written = self._write(entries, n_rows, n_bytes)
             self._report(force=False)  # a busy queue never empties: report during the drain too
             if not written and self._failed_batches and deadline is None:
                 pause = _BACKOFF_S[min(self._failed_batches, len(_BACKOFF_S)) - 1]
@@ -1216,9 +1216,9 @@ class InferenceLog:
         """A full batch is queued: batch_rows table rows, or batch_max_rows predicted rows."""
         return self._queued_requests >= self.batch_rows or self._queued_rows >= self.batch_max_rows
 
-    def _take(self) -> tuple[list[_Encoded], int]:
+    def _take(self) -> tuple[list[_Encoded], int, int]:
         """From the queue head, up to batch_rows requests (table rows) and no more than one past batch_max_rows
-        predicted rows; and the predicted rows they hold."""
+        predicted rows; and the predicted rows they hold, and their size (_entry_bytes)."""
         entries: list[_Encoded] = []
         n_rows = size = 0
         with self._lock:
@@ -1233,7 +1233,7 @@ class InferenceLog:
             self._queued_bytes -= size
         if n_rows:
             self._metrics.queue_rows.dec(n_rows)
-        return entries, n_rows
+        return entries, n_rows, size
 
     def _retry_delays(self) -> tuple[float, ...]:
         """Retry delays for the next batch: none while the store is known to be failing (one attempt per batch)."""
@@ -1244,8 +1244,9 @@ class InferenceLog:
             return ()  # closing, and no time left to wait
         return _RETRY_DELAYS_S
 
-    def _write(self, entries: list[_Encoded], n_rows: int) -> bool:
-        """Insert one batch in one transaction, retrying transient errors; count it written or dropped."""
+    def _write(self, entries: list[_Encoded], n_rows: int, n_bytes: int) -> bool:
+        """Insert one batch in one transaction, retrying transient errors; count it written or dropped. `n_bytes`:
+        the entries' size as _take measured it, which counts towards the writer's next checkpoint."""
         params: list[Any] | None = None
         for delay in (*self._retry_delays(), None):
             try:
@@ -1279,7 +1280,7 @@ class InferenceLog:
                 self.rows_written += n_rows
             self._metrics.written.inc(n_rows)
             if self._sqlite_path is not None:
-                self._uncheckpointed_bytes += sum(map(_entry_bytes, entries))
+                self._uncheckpointed_bytes += n_bytes
                 if self._uncheckpointed_bytes >= _CHECKPOINT_BYTES:
                     self._checkpoint()
             return True
@@ -1382,7 +1383,7 @@ class InferenceLog:
         """Create the table once per engine; another worker creating it at the same moment is fine."""
         if self._table_ready:
             return
-        database = _sqlite_file(self._url)
+        database = self._sqlite_path
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
             if self._dropped_upto is None:

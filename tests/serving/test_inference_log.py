@@ -34,6 +34,7 @@ from serving.inference_log import (
     InferenceLogError,
     LoggedRequest,
     LoggedRow,
+    _entry_bytes,
     find_request,
     inference_log_table,
     prune_log,
@@ -701,9 +702,9 @@ def test_a_batch_is_also_full_at_a_fifth_of_the_queue_bound_in_predicted_rows(
     sizes: list[int] = []
     write = log._write
 
-    def counted(entries: list[Any], n_rows: int) -> bool:
+    def counted(entries: list[Any], n_rows: int, n_bytes: int) -> bool:
         sizes.append(n_rows)
-        return write(entries, n_rows)
+        return write(entries, n_rows, n_bytes)
 
     log._write = counted  # type: ignore[method-assign]  # observes the batches, writes them for real
     for i in range(7):
@@ -747,9 +748,9 @@ def test_under_steady_load_the_writer_writes_full_batches(
     sizes: list[int] = []
     write = log._write
 
-    def counted(entries: list[Any], n_rows: int) -> bool:
+    def counted(entries: list[Any], n_rows: int, n_bytes: int) -> bool:
         sizes.append(len(entries))
-        return write(entries, n_rows)
+        return write(entries, n_rows, n_bytes)
 
     log._write = counted  # type: ignore[method-assign]  # observes the batches, writes them for real
     log.start()
@@ -1362,7 +1363,7 @@ def test_the_writer_does_not_keep_written_batches_in_memory(tmp_path: Path, metr
         ts=T0,
     )
     log.record_request(request)
-    log._write(list(log._queue), 100)  # warm: the table, the engine, one statement
+    log._write(list(log._queue), 100, _entry_bytes(log._queue[0]))  # warm: the table, the engine, one statement
     entry = log._queue[0]
 
     def rss_mib() -> float:
@@ -1370,7 +1371,7 @@ def test_the_writer_does_not_keep_written_batches_in_memory(tmp_path: Path, metr
 
     before = rss_mib()
     for size in range(300, 500, 5):
-        assert log._write([entry] * size, size * 100)
+        assert log._write([entry] * size, size * 100, size * _entry_bytes(entry))
     grown = rss_mib() - before
     assert grown < 100, f"the writer kept {grown:.0f} MiB after 40 batches"
 
@@ -1414,14 +1415,15 @@ def test_two_writers_keep_the_wal_small_and_a_reader_never_stalls_them(
     first, second = (InferenceLog(url, registry=metrics) for _ in range(2))
     for index, log in enumerate((first, second)):
         log.record_request(_wide_request(f"warm-{index}"))
-        assert log._write(list(log._queue), 100)
+        assert log._write(list(log._queue), 100, _entry_bytes(log._queue[0]))
     entry = first._queue[0]
     batch = [entry] * 40  # ~1 MB a batch
+    batch_bytes = 40 * _entry_bytes(entry)
 
     largest = 0
     for _ in range(25):  # ~50 MB in all, in turns
         for log in (first, second):
-            assert log._write(batch, 40 * 100)
+            assert log._write(batch, 40 * 100, batch_bytes)
             largest = max(largest, wal.stat().st_size)
     assert largest < 16 << 20, f"the WAL grew to {largest / 2**20:.0f} MB"
     assert first.checkpoints > 0 and second.checkpoints > 0
@@ -1435,13 +1437,13 @@ def test_two_writers_keep_the_wal_small_and_a_reader_never_stalls_them(
         completed = first.checkpoints
         started = time.perf_counter()
         for _ in range(6):
-            assert first._write(batch, 40 * 100)
+            assert first._write(batch, 40 * 100, batch_bytes)
         assert time.perf_counter() - started < 3.0  # a waiting checkpoint would take the 5 s busy timeout each
         assert first.checkpoints == completed  # gave way to the reader
     finally:
         reader.execute("COMMIT")
         reader.close()
-    assert first._write(batch, 40 * 100)
+    assert first._write(batch, 40 * 100, batch_bytes)
     assert first.checkpoints == completed + 1
     assert (first.rows_dropped, second.rows_dropped, first.checkpoint_errors) == (0, 0, 0)
     assert count_rows(url, "inference_log") == 100 * (2 + 40 * 50 + 40 * 7)
@@ -1491,7 +1493,7 @@ def test_after_a_checkpoint_the_appended_pages_leave_the_page_cache_and_the_olde
     earlier.record_request(_wide_request("earlier"))
     entry = earlier._queue[0]
     for _ in range(8):
-        assert earlier._write([entry] * 40, 40 * 100)
+        assert earlier._write([entry] * 40, 40 * 100, 40 * _entry_bytes(entry))
     earlier.close()
     before = path.stat().st_size
     path.read_bytes()  # every page cached
@@ -1499,9 +1501,9 @@ def test_after_a_checkpoint_the_appended_pages_leave_the_page_cache_and_the_olde
 
     log = InferenceLog(url, registry=metrics)
     log.record_request(_wide_request("later"))
-    assert log._write(list(log._queue), 100)
+    assert log._write(list(log._queue), 100, _entry_bytes(log._queue[0]))
     for _ in range(12):
-        assert log._write([entry] * 40, 40 * 100)
+        assert log._write([entry] * 40, 40 * 100, 40 * _entry_bytes(entry))
     assert log.checkpoints >= 2 and log._dropped_upto is not None
     assert log._dropped_upto > before + (8 << 20)
     assert _resident(path, before, log._dropped_upto) < 0.1
